@@ -1,0 +1,5 @@
+"""Allow ``python -m mgm2fp``."""
+
+from mgm2fp.cli import main
+
+main()

@@ -1,0 +1,66 @@
+"""Shared pieces of the command line: the typer app, consoles, progress bars and option parsing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+app = typer.Typer(
+    name="mgm2fp",
+    help="Convert masked generative models into fixed-point MGMs (arXiv 2605.31215), then fine-tune, sample, evaluate and publish them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliState:
+    verbose = False
+
+
+def setup_logging(verbose: bool) -> None:
+    CliState.verbose = verbose
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=verbose, show_time=False)],
+        force=True,
+    )
+    logging.getLogger("mgm2fp").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def make_progress(transient: bool = True) -> Progress:
+    """A rich progress bar on stderr with count, elapsed and remaining time (hidden when stderr is not a terminal)."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+        disable=not err_console.is_terminal,
+    )
+
+
+@contextmanager
+def tensor_loading_progress(description: str = "reading weights") -> Iterator[None]:
+    """Show a progress bar while the loaders read tensors."""
+    from mgm2fp.weights import report_progress
+
+    with make_progress() as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int, name: str) -> None:
+            progress.update(task, completed=done, total=total)
+
+        with report_progress(update):
+            yield

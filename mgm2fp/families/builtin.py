@@ -1,0 +1,4 @@
+"""Import every built-in family so that each registers itself."""
+
+from mgm2fp.families import mdlm_loader  # noqa: F401
+from mgm2fp.fixed_point import loader  # noqa: F401

@@ -1,0 +1,89 @@
+"""Atomic writing of model folders: everything goes to a temporary sibling folder, renamed at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from mgm2fp.errors import OutputExistsError
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
+
+
+@contextmanager
+def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``path`` only when the block finishes without error.
+
+    Raises:
+        OutputExistsError: when ``path`` exists and ``overwrite`` is false.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"output '{target}' already exists; choose another path or pass --overwrite")
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(f"output '{target}' exists and is a file; choose a folder path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    backup = None
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, backup)
+    os.replace(temporary, target)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as safetensors, cloning tensors that share storage (tied weights)."""
+    seen_storages: set[int] = set()
+    tensors = {}
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen_storages or not tensor.is_contiguous():
+            tensor = tensor.contiguous().clone()
+        seen_storages.add(tensor.untyped_storage().data_ptr())
+        tensors[name] = tensor
+    save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
+
+
+def copy_tokenizer_files(source_folder: Path | None, target: Path) -> list[str]:
+    """Copy tokenizer files found in ``source_folder`` into ``target``; return their names."""
+    if source_folder is None or not Path(source_folder).is_dir():
+        return []
+    copied = []
+    for name in TOKENIZER_FILES:
+        file = Path(source_folder) / name
+        if file.is_file():
+            shutil.copyfile(file, target / name)
+            copied.append(name)
+    return copied
