@@ -1,0 +1,106 @@
+"""MDLM training objective and the masking it needs.
+
+Absorbing-state diffusion with the log-linear schedule (eps = 1e-3, move chance ``(1 - eps) t``),
+the SUBS parameterisation and the continuous-time weight ``sigma'(t) / expm1(sigma(t))`` (about
+``1 / t``) on masked positions, with antithetic time sampling; as in MDLM (Sahoo et al., arXiv
+2406.07524) and used by arXiv 2605.31215. Correlated (nested) masks for the cross-step consistency
+and teacher losses follow arXiv 2605.31215.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mgm2fp.families.mdlm import subs_log_probs
+
+
+@dataclass(frozen=True)
+class LogLinearSchedule:
+    """Log-linear noise: ``sigma(t) = -log(1 - (1 - eps) t)``, so the move chance is ``(1 - eps) t``."""
+
+    eps: float = 1e-3
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return -torch.log1p(-(1 - self.eps) * t)
+
+    def move_chance(self, t: torch.Tensor) -> torch.Tensor:
+        """Probability that a token is masked at time ``t``."""
+        return (1 - self.eps) * t
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Continuous-time ELBO weight ``sigma'(t) / expm1(sigma(t))``."""
+        sigma = self.sigma(t)
+        dsigma = (1 - self.eps) / (1 - (1 - self.eps) * t)
+        return dsigma / torch.expm1(sigma)
+
+
+def sample_times(batch: int, *, eps: float = 1e-3, antithetic: bool = True, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Draw diffusion times ``[B]`` in ``[eps, 1]``; antithetic sampling spreads them evenly."""
+    uniform = torch.rand(batch, generator=generator, device=device)
+    if antithetic:
+        offset = torch.rand(1, generator=generator, device=device)
+        uniform = (offset + torch.arange(batch, device=device) / batch) % 1
+    return (1 - eps) * uniform + eps
+
+
+def mask_tokens(x0: torch.Tensor, move_chance: torch.Tensor, mask_token_id: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each token of ``x0`` ``[B, L]`` by the mask with probability ``move_chance`` ``[B]``."""
+    draws = torch.rand(x0.shape, generator=generator, device=x0.device)
+    return torch.where(draws < move_chance[:, None], torch.full_like(x0, mask_token_id), x0)
+
+
+def mdlm_loss(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, *, mask_token_id: int, schedule: LogLinearSchedule | None = None, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean per-token MDLM loss (negative ELBO in nats per token).
+
+    ``logits`` ``[B, L, V]`` are the raw outputs on ``xt``; only masked positions contribute,
+    weighted by the continuous-time weight of ``t`` ``[B]``. ``token_mask`` ``[B, L]`` excludes
+    padding from the mean.
+    """
+    schedule = schedule or LogLinearSchedule()
+    log_probs = subs_log_probs(logits.float(), xt, mask_token_id)  # [B, L, V]
+    log_p_x0 = log_probs.gather(-1, x0[..., None]).squeeze(-1)  # [B, L]
+    per_token = -log_p_x0 * schedule.loss_weight(t)[:, None]  # 0 where xt == x0 (carry-over)
+    if token_mask is None:
+        return per_token.mean()
+    token_mask = token_mask.to(per_token.dtype)
+    return (per_token * token_mask).sum() / token_mask.sum().clamp_min(1)
+
+
+def nested_masks(
+    x0: torch.Tensor,
+    t_student: torch.Tensor,
+    *,
+    mask_token_id: int,
+    gap: tuple[float, float] = (0.05, 0.30),
+    schedule: LogLinearSchedule | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Correlated student and cleaner inputs for the consistency and teacher losses.
+
+    Draws ``gap ~ U[gap_min, gap_max]`` and ``t_c = max(t_s - gap, eps)``, then one uniform ``u_i``
+    per position: position i is masked in the student input if ``u_i < 1 - alpha_s`` and in the
+    cleaner input if ``u_i < 1 - alpha_c``, so the cleaner mask is a subset of the student mask.
+    When the two come out identical, one more student-masked position is revealed in the cleaner
+    input. Returns ``(x_student, x_cleaner, t_cleaner)``.
+    """
+    schedule = schedule or LogLinearSchedule()
+    batch = x0.shape[0]
+    low, high = gap
+    delta = low + (high - low) * torch.rand(batch, generator=generator, device=x0.device)
+    t_cleaner = torch.clamp(t_student - delta, min=schedule.eps)
+    draws = torch.rand(x0.shape, generator=generator, device=x0.device)
+    student_masked = draws < schedule.move_chance(t_student)[:, None]  # [B, L]
+    cleaner_masked = draws < schedule.move_chance(t_cleaner)[:, None]  # subset of student_masked
+
+    identical = (student_masked == cleaner_masked).all(dim=1) & student_masked.any(dim=1)
+    if identical.any():
+        # Reveal the student-masked position with the largest draw (the last one to be masked).
+        scores = torch.where(cleaner_masked, draws, torch.full_like(draws, -1.0))
+        reveal = scores.argmax(dim=1)
+        rows = identical.nonzero(as_tuple=True)[0]
+        cleaner_masked[rows, reveal[rows]] = False
+
+    mask = torch.full_like(x0, mask_token_id)
+    return torch.where(student_masked, mask, x0), torch.where(cleaner_masked, mask, x0), t_cleaner
