@@ -92,7 +92,9 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int) -> None:
         super().__init__()
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        # Computed on the CPU even under a meta-device context, where this arithmetic would
+        # import torch's compiler stack (about a second of start-up); loading replaces it anyway.
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device="cpu").float() / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=True)
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

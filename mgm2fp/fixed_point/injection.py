@@ -61,8 +61,10 @@ class FPDMInjection(nn.Module):
 
     @torch.no_grad()
     def reset_to_identity(self) -> None:
+        if self.fc2.weight.is_meta:  # built only to receive loaded weights
+            return
         dim = self.fc2.out_features
-        eye = torch.eye(dim)
+        eye = torch.eye(dim, device=self.fc2.weight.device)
         self.input_proj.weight.copy_(eye)
         self.input_proj.bias.zero_()
         # fc1 sends h to (h, -h) and ignores h_inj, fc2 takes the difference, and
