@@ -77,3 +77,27 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
         sys.argv = previous
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+TINY_CORPUS = [
+    "the quick brown fox jumps over the lazy dog .",
+    "a list is a mutable sequence of items .",
+    "the dictionary maps keys to values and the set holds unique items .",
+    "python reads the module and runs each statement in order .",
+]
+
+
+def make_tiny_tokenizer(folder: Path, texts: list[str] | None = None, vocab_size: int = 96) -> Path:
+    """Train a tiny byte-level BPE tokenizer on ``texts`` and save it in Hugging Face format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts or TINY_CORPUS * 4, trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    folder.mkdir(parents=True, exist_ok=True)
+    wrapped.save_pretrained(folder)
+    return folder
