@@ -1,10 +1,10 @@
 """Publish a saved fixed-point model folder to the Hugging Face Hub with a regenerated model card.
 
 ``plan_push`` checks the folder, picks the files to upload (config, weights, card, tokenizer files,
-recipe, evaluation results) and builds the card; ``push_to_hub`` creates the repository
-(``create_repo(exist_ok=True)``), the branch when one is named, and uploads the planned files in one
-commit with ``upload_folder``. The folder itself is never changed: the upload is staged in a
-temporary folder of links, with the regenerated ``README.md`` written there.
+recipe, evaluation results) and builds the card. ``push_to_hub`` creates the repository
+(``create_repo(exist_ok=True)``) and the branch when one is named. It then uploads the planned files
+in one commit with ``upload_folder``. The folder itself is not changed, because the upload is
+staged in a temporary folder of links that also contains the regenerated ``README.md``.
 
 The token comes from the ``token`` argument, ``HF_TOKEN`` or the cached login
 (``huggingface_hub.get_token``). It is only passed to huggingface_hub, never logged, and removed
@@ -30,7 +30,7 @@ from mgm2fp.saving import TOKENIZER_FILES
 
 logger = logging.getLogger(__name__)
 
-# Files of a saved model folder that are uploaded; everything else (checkpoints, logs,
+# Files of a saved model folder that are uploaded. Everything else (checkpoints, logs,
 # temporary files, samples) stays local.
 MODEL_FILES = ("config.json", CARD_NAME, RECIPE_NAME, EVAL_RESULTS_NAME, "model.safetensors.index.json", *TOKENIZER_FILES)
 WEIGHT_FILE = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
@@ -48,14 +48,15 @@ class PushFile:
 
 @dataclass
 class PushPlan:
-    """What ``push_to_hub`` uploads for a folder, and the card it writes."""
+    """Upload plan of a folder: the files to upload, the skipped entries and the regenerated card."""
 
     folder: Path
     repo_id: str
     config: dict[str, Any]
     files: list[PushFile]
-    skipped: list[str]  # entries of the folder that are not uploaded; folders end with "/"
+    skipped: list[str]  # entries of the folder that are not uploaded, folder names ending with "/"
     card: str
+    eval_results_path: Path | None = None  # evaluation results used instead of the folder's eval_results.json
 
     @property
     def total_bytes(self) -> int:
@@ -120,8 +121,8 @@ def validate_repo_name(repo_id: str) -> None:
 def select_files(folder: Path, *, eval_results_path: Path | None = None) -> tuple[list[PushFile], list[str]]:
     """Split the folder's entries into files to upload and skipped entries.
 
-    The card is listed with the folder's current size; ``plan_push`` sets the size of the
-    regenerated card. ``eval_results_path`` replaces the folder's ``eval_results.json``.
+    The folder's ``README.md`` is left out because ``plan_push`` adds the regenerated card.
+    ``eval_results_path`` replaces the folder's ``eval_results.json``.
     """
     files, skipped = [], []
     for path in sorted(folder.iterdir()):
@@ -157,7 +158,7 @@ def plan_push(folder: str | Path, repo_id: str, *, eval_results_path: str | Path
     files, skipped = select_files(folder, eval_results_path=results_path)
     files.append(PushFile(CARD_NAME, len(card.encode("utf-8")), None))
     files.sort(key=lambda file: file.path_in_repo)
-    return PushPlan(folder=folder, repo_id=repo_id, config=config, files=files, skipped=skipped, card=card)
+    return PushPlan(folder=folder, repo_id=repo_id, config=config, files=files, skipped=skipped, card=card, eval_results_path=results_path)
 
 
 def resolve_token(token: str | None = None) -> str:
@@ -226,6 +227,8 @@ def _upload(plan: PushPlan, *, token: str, endpoint: str, private: bool, revisio
     repo_url = api.create_repo(plan.repo_id, private=private, exist_ok=True)
     repo_id = repo_url.repo_id or plan.repo_id
     logger.info("repository %s is ready", repo_url)
+    if repo_id != plan.repo_id:  # a bare NAME went to the token owner's namespace: name it fully in the card
+        plan = plan_push(plan.folder, repo_id, eval_results_path=plan.eval_results_path)
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
         logger.info("branch %s of %s is ready", revision, repo_id)

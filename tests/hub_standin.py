@@ -2,7 +2,7 @@
 
 It implements what huggingface_hub (checked with 2.4) calls for ``create_repo``, ``create_branch``,
 ``upload_folder`` (metadata validation, preupload, NDJSON commit) and pull requests, keeps the
-files of every branch and pull request in memory, and records every request. The preupload answer
+files of every branch and pull request in memory, and records every request. The preupload response
 sends every file inline ("regular"), so no LFS or Xet storage is needed. Requests without the
 expected ``Authorization`` header get HTTP 401; unknown routes get 404 and are recorded in
 ``unexpected``.
@@ -176,9 +176,9 @@ class StandInHub:
                 return 400, {"error": f"stand-in hub does not handle commit operation {line['key']}"}, {}
         pull_request_url = None
         if create_pr:
-            status, answer, _ = self.open_pull_request(repo, {"title": header["summary"], "pullRequest": True})
-            ref = f"refs/pr/{answer['num']}"
-            pull_request_url = answer["url"]
+            status, response_body, _ = self.open_pull_request(repo, {"title": header["summary"], "pullRequest": True})
+            ref = f"refs/pr/{response_body['num']}"
+            pull_request_url = response_body["url"]
         repo.refs[ref].update(files)
         oid = hashlib.sha1(json.dumps([ref, header["summary"], sorted(files), len(repo.commits)]).encode()).hexdigest()
         repo.commits.append(Commit(oid=oid, ref=ref, summary=header["summary"], files=files))
@@ -199,12 +199,12 @@ def _make_handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
             with hub.lock:
                 hub.requests.append(RecordedRequest(self.command, parts.path, parse_qs(parts.query), dict(self.headers.items()), body))
                 if parts.path == "/api/agent-harnesses":  # huggingface_hub's optional registry fetch, sent without a token
-                    status, answer, headers = 404, {"error": "not served by the stand-in hub"}, {}
+                    status, response_body, headers = 404, {"error": "not served by the stand-in hub"}, {}
                 elif self.headers.get("Authorization") != f"Bearer {hub.token}":
-                    status, answer, headers = 401, {"error": "Invalid credentials in Authorization header"}, {}
+                    status, response_body, headers = 401, {"error": "Invalid credentials in Authorization header"}, {}
                 else:
-                    status, answer, headers = hub.route(self.command, parts.path, parse_qs(parts.query), body)
-            data = json.dumps(answer).encode()
+                    status, response_body, headers = hub.route(self.command, parts.path, parse_qs(parts.query), body)
+            data = json.dumps(response_body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

@@ -177,7 +177,9 @@ def test_push_commit_message(stand_in_hub, model_folder):
 def test_push_bare_name_uses_user_namespace(stand_in_hub, model_folder):
     result = push_to_hub(model_folder, "fp")
     assert result.repo_id == f"{USER}/fp"
-    assert set(stand_in_hub.repos[f"{USER}/fp"].refs["main"]) == MODEL_FILES
+    uploaded = stand_in_hub.repos[f"{USER}/fp"].refs["main"]
+    assert set(uploaded) == MODEL_FILES
+    assert f'mgm2fp.load("{USER}/fp")' in uploaded["README.md"].decode()
 
 
 def test_push_eval_results_file(stand_in_hub, model_folder, tmp_path):
@@ -352,7 +354,7 @@ def test_cli_rejects_invalid_repo_id(model_folder, capsys):
     assert "'me/fp/extra'" in err
 
 
-def test_library_error_class(model_folder):
+def test_plan_without_config_raises(model_folder):
     _no_config(model_folder)
     with pytest.raises(CheckpointError):
         plan_push(model_folder, "me/fp")

@@ -27,10 +27,10 @@ def push(
     folder: Path = typer.Argument(..., help="Model folder written by mgm2fp convert or mgm2fp finetune."),
     repo_id: str = typer.Argument(..., help="Hub repository NAMESPACE/NAME (created if it does not exist)."),
     private: bool = typer.Option(False, "--private", help="Create the repository as private (ignored when it exists)."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to; created from main if it does not exist [default: main]."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to; created from main if it does not exist (default: main)."),
     create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request against main instead of committing to it."),
-    commit_message: Optional[str] = typer.Option(None, "--commit-message", help="Commit title [default: names the family and the source model]."),
-    eval_results: Optional[Path] = typer.Option(None, "--eval-results", help="mgm2fp eval output to put in the card and upload as eval_results.json [default: the folder's eval_results.json]."),
+    commit_message: Optional[str] = typer.Option(None, "--commit-message", help="Commit title (default: names the family and the source model)."),
+    eval_results: Optional[Path] = typer.Option(None, "--eval-results", help="mgm2fp eval output to put in the card and upload as eval_results.json (default: the folder's eval_results.json)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the files and print the card that would be uploaded; needs no token and no network."),
 ) -> None:
     """Upload a fixed-point model folder to the Hugging Face Hub with a model card.
