@@ -227,7 +227,7 @@ def _upload(plan: PushPlan, *, token: str, endpoint: str, private: bool, revisio
     repo_url = api.create_repo(plan.repo_id, private=private, exist_ok=True)
     repo_id = repo_url.repo_id or plan.repo_id
     logger.info("repository %s is ready", repo_url)
-    if repo_id != plan.repo_id:  # a bare NAME went to the token owner's namespace: name it fully in the card
+    if repo_id != plan.repo_id:  # the hub put a bare NAME in the token owner's namespace, so the card names the full id
         plan = plan_push(plan.folder, repo_id, eval_results_path=plan.eval_results_path)
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
