@@ -33,3 +33,7 @@ class ConfigError(Mgm2fpError):
 
 class OutputExistsError(Mgm2fpError):
     """An output path exists and overwriting was not requested."""
+
+
+class HubError(Mgm2fpError):
+    """A Hugging Face Hub request failed, was not authorised, or has no token to send."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mgm2fp.cards import render_model_card
+from mgm2fp.cards import build_model_card
 from mgm2fp.dtypes import dtype_name, parse_dtype
 from mgm2fp.errors import CheckpointError, SourceNotFoundError
 from mgm2fp.families.registry import Family, get_family, register_family
@@ -44,7 +44,7 @@ def save_pretrained(model: FixedPointMGM, output_dir: str | Path, *, overwrite: 
         if tokenizer_files:
             config.setdefault("tokenizer", ".")
         write_json(folder / "config.json", config)
-        (folder / "README.md").write_text(render_model_card(config, sections=card_sections))
+        build_model_card(config, sections=card_sections).save(folder / "README.md")
     logger.info("saved %s", output_dir)
     return Path(output_dir)
 
