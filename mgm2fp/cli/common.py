@@ -17,6 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help texts are plain text: "[default: ...]" must not be read as rich markup.
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
