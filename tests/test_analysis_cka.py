@@ -132,4 +132,5 @@ def test_memory_formulas():
     # MDLM-owt: 12 blocks of width 768 -> 78 pair matrices of 768 x 768 in float64.
     assert streaming_memory_bytes(12, 768) == (78 * 768 * 768 + 12 * 768) * 8
     assert StreamingCKA(3, 5).products.numel() * 8 + 3 * 5 * 8 == streaming_memory_bytes(3, 5)
-    assert sampled_memory_bytes(2, 10, 4) == 2 * 4 * 10 * 4 + 2 * 4 * 4 * 8
+    assert sampled_memory_bytes(2, 10, 4) == 2 * 4 * 10 * 4 + 2 * 4 * 4 * 8  # kernels [T, T]
+    assert sampled_memory_bytes(2, 3, 20) == 2 * 20 * 3 * 4 + (2 * 20 * 3 + 3 * 3) * 8  # centred blocks and one product

@@ -64,9 +64,16 @@ def streaming_memory_bytes(num_blocks: int, dim: int) -> int:
 
 
 def sampled_memory_bytes(num_blocks: int, dim: int, num_tokens: int) -> int:
-    """Bytes that :class:`SampledCKA` keeps for ``num_tokens`` tokens (float32), plus its float64 work space at the end."""
+    """Bytes that :class:`SampledCKA` keeps for ``num_tokens`` tokens (float32), plus its float64 work space at the end.
+
+    The work space is the ``n`` token kernels ``[T, T]`` when ``T <= D``, else two centred blocks
+    ``[T, D]`` and one ``D x D`` product.
+    """
     stored = num_blocks * num_tokens * dim * 4
-    work = num_blocks * min(num_tokens, dim) ** 2 * 8
+    if num_tokens <= dim:
+        work = num_blocks * num_tokens * num_tokens * 8
+    else:
+        work = (2 * num_tokens * dim + dim * dim) * 8
     return stored + work
 
 
@@ -128,9 +135,9 @@ class SampledCKA:
     """CKA of the tokens added, computed at the end from the stored features.
 
     The features are kept in float32 (``n * T * 4 * D`` bytes for ``T`` tokens). At the end each
-    block is centred in float64. When there are fewer tokens than features, the token kernels
-    ``K_i = X_i X_i^T`` ``[T, T]`` are formed and ``||X_i^T X_j||_F^2 = <K_i, K_j>``; otherwise
-    the ``D x D`` cross-products are formed one pair at a time.
+    block is centred in float64. With fewer tokens than features, the token kernels
+    ``K_i = X_i X_i^T`` ``[T, T]`` are formed, because ``||X_i^T X_j||_F^2 = <K_i, K_j>``.
+    Otherwise the ``D x D`` cross-products are formed one pair at a time.
     """
 
     def __init__(self, num_blocks: int, dim: int, *, device: torch.device | str = "cpu") -> None:
@@ -162,12 +169,11 @@ class SampledCKA:
         n = self.num_blocks
         hsic = torch.zeros(n, n, dtype=torch.float64, device=self.device)
         if self.num_tokens <= self.dim:
-            kernels = []
+            kernels = torch.empty(n, self.num_tokens * self.num_tokens, dtype=torch.float64, device=self.device)  # [n, T * T]
             for index in range(n):
                 centred = self._centred(index)
-                kernels.append((centred @ centred.T).flatten())  # K_i [T * T]
-            stacked = torch.stack(kernels)  # [n, T * T]
-            return stacked @ stacked.T
+                kernels[index] = (centred @ centred.T).flatten()  # K_i
+            return kernels @ kernels.T
         for i in range(n):
             x_i = self._centred(i)
             for j in range(i, n):

@@ -40,7 +40,7 @@ def load_token_sequences(data: str | Path, *, tokenizer: Any = None, seq_len: in
         logged warning, when the data is too short.
 
     Raises:
-        ConfigError: when ``data`` is missing or holds no usable file, an array is not integer
+        ConfigError: when ``data`` is missing or contains no usable file, an array is not integer
             or has negative ids, text comes without a tokenizer, or not one full sequence fits.
     """
     if seq_len < 1:
@@ -71,7 +71,7 @@ def load_token_sequences(data: str | Path, *, tokenizer: Any = None, seq_len: in
     stream = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
     count = stream.size // seq_len
     if count == 0:
-        raise ConfigError(f"data '{data}' holds {stream.size} tokens, fewer than one sequence of {seq_len}; give more data or a smaller --seq-len")
+        raise ConfigError(f"data '{data}' contains only {stream.size} tokens, fewer than one sequence of {seq_len}; give more data or a smaller --seq-len")
     if num_sequences is not None and count < num_sequences:
         logger.warning("data '%s' fills only %d sequences of %d tokens, not the %d requested; analysing %d", data, count, seq_len, num_sequences, count)
     if num_sequences is not None:
@@ -97,7 +97,7 @@ def _read_token_ids(file: Path) -> np.ndarray:
     except (ValueError, OSError) as error:
         raise ConfigError(f"could not read token ids from '{file}': {error}; save them with numpy.save as an integer array") from error
     if not np.issubdtype(array.dtype, np.integer):
-        raise ConfigError(f"'{file}' holds {array.dtype} values, not token ids; save an integer array")
+        raise ConfigError(f"'{file}' contains {array.dtype} values, not integer token ids; save an integer array")
     if array.size and array.min() < 0:
         raise ConfigError(f"'{file}' contains the negative token id {array.min()}; token ids must be >= 0")
     return array.reshape(-1).astype(np.int64)

@@ -1,4 +1,4 @@
-"""How the layer analysis corrupts clean inputs to a noise level ``t``, per model family.
+"""Noising of clean inputs to a noise level ``t`` for the layer analysis, per model family.
 
 A :class:`NoisingScheme` turns clean tokens into the model's input at noise level ``t`` in
 ``[0, 1]`` and returns the condition arguments that ``model.hidden_states(inputs, *condition)``
@@ -26,11 +26,11 @@ NoiseInputs = Callable[[MaskedGenerativeModel, torch.Tensor, float, torch.Genera
 
 @dataclass(frozen=True)
 class NoisingScheme:
-    """How a family's inputs are noised for the analysis, and its default sequence length."""
+    """A family's input noising for the analysis, and its default sequence length."""
 
     # (model, clean tokens [B, L] on the CPU, t, CPU generator) -> (model input, condition args).
     noise_inputs: NoiseInputs
-    # The sequence length the model was trained on, or None when the config does not say.
+    # The sequence length the model was trained on, or None when the config does not give it.
     default_length: Callable[[MaskedGenerativeModel], int | None] = lambda model: None
     description: str = ""
 

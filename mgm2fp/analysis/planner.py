@@ -36,8 +36,8 @@ from mgm2fp.layer_plan import LayerPlan, format_range, parse_init
 logger = logging.getLogger(__name__)
 
 FIXED_POINT_GROUPS = ("tightest", "late", "early")
-# A split score below this means the two groups are barely more similar inside than across; the
-# value is a judgement call, used only to flag the plan in the reasoning, never to change it.
+# Below this split score the two groups are barely more similar inside than across. The value is a
+# judgement call, so it only flags the plan in the reasoning and never changes the plan.
 WEAK_BOUNDARY_SCORE = 0.1
 
 
@@ -220,14 +220,14 @@ def _choose_group(groups: list[BlockGroup], fixed_point_group: str, reasoning: l
         return groups[0]
     early, late = groups
     if fixed_point_group == "early":
-        chosen, why = early, "the early group, as requested"
+        chosen, reason = early, "the early group, as requested"
     elif fixed_point_group == "late":
-        chosen, why = late, "the late group, as requested"
+        chosen, reason = late, "the late group, as requested"
     else:
         # A tie goes to the late group, where arXiv 2605.31215 found the tight group in MDLM-owt.
         chosen = early if early.mean_cka > late.mean_cka else late
-        why = "the tighter group (higher mean CKA)"
-    reasoning.append(f"The fixed-point range comes from group {format_range(chosen.blocks)}, {why}.")
+        reason = "the tighter group (higher mean CKA)"
+    reasoning.append(f"The fixed-point range comes from group {format_range(chosen.blocks)}, {reason}.")
     return chosen
 
 

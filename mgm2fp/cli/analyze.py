@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 TIMESTEPS_HELP = "Comma-separated noise levels t in (0, 1] at which CKA is computed and then averaged."
 DATA_HELP = "Analysis data: a .npy array of token ids, a text file, or a folder of them."
-TOKENIZER_HELP = "Tokenizer folder or hub id for text data [default: the tokenizer files of the model folder]."
-SEQ_LEN_HELP = "Tokens per sequence [default: the length the model was trained on]."
+TOKENIZER_HELP = "Tokenizer folder or hub id for text data (default: the tokenizer files of the model folder)."
+SEQ_LEN_HELP = "Tokens per sequence (default: the length the model was trained on)."
 
 
 def run_analysis(
@@ -95,14 +95,14 @@ def analyze(
     num_sequences: int = typer.Option(64, min=1, help="Number of sequences to analyse (fewer when the data is shorter)."),
     seq_len: Optional[int] = typer.Option(None, min=1, help=SEQ_LEN_HELP),
     batch_size: int = typer.Option(8, min=1, help="Sequences per forward pass."),
-    tokens_per_sequence: Optional[int] = typer.Option(None, min=1, help="Random positions kept per sequence, for wide models where the D x D statistics do not fit [default: all]."),
+    tokens_per_sequence: Optional[int] = typer.Option(None, min=1, help="Random positions kept per sequence, for wide models where the D x D statistics do not fit (default: all)."),
     tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     num_pre: int = typer.Option(1, min=0, help="Blocks kept before the fixed point (a prefix)."),
     num_post: int = typer.Option(1, min=0, help="Blocks kept after the fixed point (the last blocks)."),
     fixed_point_group: str = typer.Option("tightest", help="Group that becomes the fixed-point range: tightest (higher mean CKA), late or early."),
     init: str = typer.Option("first", help="Shared block weights: first, middle, last, mean, central (highest mean CKA to the range) or a block index."),
     device: str = typer.Option("cpu", help="Device to run the model on, e.g. cuda."),
-    dtype: Optional[str] = typer.Option(None, help="Run the model in float32, bfloat16 or float16 [default: as stored]."),
+    dtype: Optional[str] = typer.Option(None, help="Run the model in float32, bfloat16 or float16 (default: as stored)."),
     seed: int = typer.Option(0, help="Seed of the masks and of the token subsample."),
     revision: Optional[str] = typer.Option(None, help="Branch, tag or commit of a hub source."),
     filename: Optional[str] = typer.Option(None, help="Weights file inside a hub repository or folder."),

@@ -25,7 +25,7 @@ def convert(
     pre_layers: Optional[str] = typer.Option(None, help="Explicit plan: blocks kept before the fixed point, e.g. 0 (empty string for none)."),
     fixed_point_layers: Optional[str] = typer.Option(None, help="Explicit plan: the range the shared block is taken from, e.g. 5."),
     post_layers: Optional[str] = typer.Option(None, help="Explicit plan: blocks kept after the fixed point, e.g. 11 (empty string for none)."),
-    init: Optional[str] = typer.Option(None, help="Shared block weights: first, middle, last or mean of the fixed-point range, or a block index; with --layer-plan auto also central [default: first, or the plan file's]."),
+    init: Optional[str] = typer.Option(None, help="Shared block weights: first, middle, last or mean of the fixed-point range, or a block index; with --layer-plan auto also central (default: first, or the plan file's)."),
     injection: str = typer.Option("fpdm", help="Input injection: fpdm (as in arXiv 2605.31215), add (zero-initialised, exact at conversion) or none."),
     num_iterations: Optional[int] = typer.Option(None, min=1, help="Default fixed-point iterations per denoising step [default: blocks replaced by the shared block]."),
     revision: Optional[str] = typer.Option(None, help="Branch, tag or commit of a hub source."),
