@@ -38,7 +38,7 @@ class ResolvedSource:
     """Local files behind a model source."""
 
     source_id: str  # what the user passed (hub id or path)
-    folder: Path  # folder that holds the config, tokenizer and weights
+    folder: Path  # folder that contains the config, tokenizer and weights
     weights_file: Path | None  # the one weights file to read, when known
     config: dict[str, Any] | None  # parsed config.json, when present
     revision: str | None = None  # commit hash for hub sources

@@ -83,7 +83,7 @@ class MaskedGenerativeModel(nn.Module):
         raise NotImplementedError
 
     def source_config(self) -> dict[str, Any]:
-        """Return the config that rebuilds this adapter with :meth:`from_config`."""
+        """Return the config from which the family's ``build`` function rebuilds this adapter."""
         return dict(self.config)
 
     # Shared machinery ------------------------------------------------------------------------

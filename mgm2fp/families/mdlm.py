@@ -28,7 +28,7 @@ FREQUENCY_EMBEDDING_SIZE = 256
 
 @dataclass
 class MDLMContext:
-    """What every DiT block needs besides the hidden state."""
+    """Inputs of every DiT block besides the hidden state."""
 
     conditioning: torch.Tensor  # [B, C] SiLU of the timestep embedding
     rotary_cos: torch.Tensor  # [L, d_head]
@@ -92,8 +92,8 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int) -> None:
         super().__init__()
-        # Computed on the CPU even under a meta-device context, where this arithmetic would
-        # import torch's compiler stack (about a second of start-up); loading replaces it anyway.
+        # Computed on the CPU even under a meta-device context. On meta tensors this arithmetic
+        # imports torch's compiler stack (about a second of start-up), and loading replaces it anyway.
         inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device="cpu").float() / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=True)
 
