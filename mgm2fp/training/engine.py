@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType
 
 from mgm2fp.data import BatchStream, DataSettings, SequenceArray, SequenceStream, iterate_once, open_sequences, resolve_tokenizer
 from mgm2fp.errors import ConfigError, OutputExistsError
@@ -105,6 +104,8 @@ class Trainer:
             step_scheduler_with_optimizer=False,
         )
         set_seed(recipe.seed, device_specific=True)
+        if not self.accelerator.is_main_process:
+            _quiet_logging_on_this_process()
         self.schedule = LogLinearSchedule(eps=recipe.noise_eps)
         self.model = model
         self.is_fixed_point = isinstance(model, FixedPointMGM)
@@ -242,6 +243,7 @@ class Trainer:
         accelerator.wait_for_everyone()
         temporary.mkdir(parents=True, exist_ok=True)
         accelerator.save_state(str(temporary), safe_serialization=True)
+        accelerator.wait_for_everyone()  # every process has written its RNG state before the rename
         if accelerator.is_main_process:
             state = {
                 "step": self.step,
@@ -504,6 +506,8 @@ class Trainer:
 
     def export(self) -> dict[str, Any]:
         """Write the final model (``save_pretrained`` layout), ``recipe.yaml`` and the model card into the output folder."""
+        from accelerate.utils import DistributedType
+
         from mgm2fp.training.export import export_model
 
         self._restore_kept_checkpoint()
@@ -520,6 +524,11 @@ class Trainer:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return summary
+
+
+def _quiet_logging_on_this_process() -> None:
+    """Keep only errors from mgm2fp on a process other than the main one, so each message appears once."""
+    logging.getLogger("mgm2fp").setLevel(logging.ERROR)
 
 
 def _count(source: Any) -> int | None:
@@ -550,6 +559,18 @@ def prepare_output(output_dir: Path, *, resume: bool | str | Path, overwrite: bo
     if used and overwrite:
         shutil.rmtree(output_dir)
     return None
+
+
+def process_state() -> Any:
+    """accelerate's ``PartialState`` of this process, honouring ``ACCELERATE_USE_CPU`` as ``Accelerator`` does.
+
+    A plain ``PartialState()`` created before the ``Accelerator`` ignores that variable and would
+    leave every process of a CPU run thinking it is alone.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def finetune(
@@ -584,14 +605,12 @@ def finetune(
         ConfigError: for invalid recipe values or data.
         OutputExistsError: when ``output_dir`` holds another run and neither resume nor overwrite is set.
     """
-    from accelerate import PartialState
-
     from mgm2fp.loading import load
 
     resolved = load_recipe(recipe, **overrides)
     output = Path(output_dir).expanduser().absolute()
     checkpoint = None
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         checkpoint = prepare_output(output, resume=resume, overwrite=overwrite)
     state.wait_for_everyone()
