@@ -3,8 +3,9 @@
 Absorbing-state diffusion with the log-linear schedule (eps = 1e-3, move chance ``(1 - eps) t``),
 the SUBS parameterisation and the continuous-time weight ``sigma'(t) / expm1(sigma(t))`` (about
 ``1 / t``) on masked positions, with antithetic time sampling; as in MDLM (Sahoo et al., arXiv
-2406.07524) and used by arXiv 2605.31215. Correlated (nested) masks for the cross-step consistency
-and teacher losses follow arXiv 2605.31215.
+2406.07524) and used by arXiv 2605.31215. Correlated (nested) masks, the temperature-scaled KL to a
+frozen teacher, the cross-step consistency loss, the linear warm-up of their weights and the
+S-JFB iteration draws follow arXiv 2605.31215. Every function here is pure: tensors in, tensors out.
 """
 
 from __future__ import annotations
