@@ -50,7 +50,8 @@ def test_text_folder_is_tokenised_and_packed(tmp_path, tokenizer):
     expected_tokens = len(tokenizer(TEXT)["input_ids"]) * 2 + 2  # two documents, each with EOS
     assert len(sequences) == expected_tokens // (SEQ_LEN - 2)
     first = sequences[0]
-    assert first[0] == tokenizer.eos_token_id and first[-1] == tokenizer.eos_token_id  # GPT-2 style: BOS = EOS
+    assert first[0] == tokenizer.eos_token_id  # GPT-2 style: BOS = EOS
+    assert first[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(first[1:-1]) == tokenizer.decode(tokenizer(TEXT)["input_ids"][: SEQ_LEN - 2])
     assert description_settings.description["kind"] == "text"
     assert description_settings.description["num_files"] == 2
@@ -61,7 +62,8 @@ def test_line_documents_and_jsonl(tmp_path, tokenizer):
     lines.write_text("one line here\n\nsecond line of text\n")
     by_line = open_sequences(lines, settings(tokenizer, line_documents=True))
     whole = open_sequences(lines, settings(tokenizer))
-    assert len(by_line) >= 1 and len(whole) >= 1
+    assert len(by_line) >= 1
+    assert len(whole) >= 1
     records = tmp_path / "docs.jsonl"
     records.write_text("\n".join(json.dumps({"body": TEXT}) for _ in range(2)))
     with pytest.raises(ConfigError, match="no 'text' field"):

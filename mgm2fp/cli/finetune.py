@@ -21,7 +21,7 @@ SKIPPED_FIELDS = {"lora"}
 
 
 def _option_type(annotation: Any) -> Any:
-    """The typer type of a recipe field: Literal becomes str, tuples keep their arity, lists repeat."""
+    """Return the typer type of a recipe field: Literal becomes str, tuples keep their arity, lists repeat."""
     origin = typing.get_origin(annotation)
     arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
     if origin is typing.Union:
@@ -36,7 +36,7 @@ def _option_type(annotation: Any) -> Any:
 
 
 def recipe_parameters() -> list[inspect.Parameter]:
-    """One keyword-only typer option per recipe field, defaulting to None (keep the recipe's value)."""
+    """Build one keyword-only typer option per recipe field, defaulting to None (keep the recipe's value)."""
     parameters = []
     for name, field in Recipe.model_fields.items():
         if name in SKIPPED_FIELDS:

@@ -47,7 +47,7 @@ class BatchStream:
         return self.batch_size * self.num_processes
 
     def state_dict(self) -> dict[str, Any]:
-        """The position: epoch and global sequences consumed in it."""
+        """Return the position: the epoch and the global sequences consumed in it."""
         return {"epoch": self.epoch, "offset": self.offset}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -89,8 +89,8 @@ class BatchStream:
 
     def _next_streamed(self) -> list[np.ndarray]:
         if self._stream is None:
-            # NOTE: every process reads (and tokenises) the whole stream and keeps its share, and a
-            # resumed run re-reads the sequences it skips; fine for text, slow for huge corpora.
+            # NOTE: every process reads (and tokenises) the whole stream and keeps its share. A
+            # resumed run also re-reads the sequences it skips, which is slow for huge corpora.
             self._stream = iter(self.source)
             for _ in range(self.offset):
                 next(self._stream)

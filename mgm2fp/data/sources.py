@@ -87,7 +87,7 @@ class SequenceStream:
 
 @dataclass
 class DataSettings:
-    """What :func:`open_sequences` needs besides the path."""
+    """Options of :func:`open_sequences` besides the path."""
 
     seq_len: int
     vocab_size: int
@@ -131,7 +131,7 @@ def _open_token_file(path: Path, settings: DataSettings) -> SequenceArray | Sequ
     else:
         tokens = np.memmap(path, dtype=np.dtype(settings.token_dtype), mode="r")
     if tokens.ndim == 2 and tokens.shape[1] != settings.seq_len:
-        raise ConfigError(f"'{path}' holds rows of {tokens.shape[1]} tokens but seq_len is {settings.seq_len}; set --seq-len {tokens.shape[1]} or save a 1-D token stream")
+        raise ConfigError(f"'{path}' contains rows of {tokens.shape[1]} tokens but seq_len is {settings.seq_len}; set --seq-len {tokens.shape[1]} or save a 1-D token stream")
     if tokens.ndim not in (1, 2) or not np.issubdtype(tokens.dtype, np.integer):
         raise ConfigError(f"'{path}' must hold integer token ids as a 1-D stream or [N, seq_len] rows, got shape {tokens.shape} and dtype {tokens.dtype}")
     check_token_ids(tokens, settings, origin=str(path))
@@ -151,9 +151,9 @@ def check_token_ids(tokens: np.ndarray, settings: DataSettings, *, origin: str, 
         low, high = int(block.min()), int(block.max())
         if low < 0 or high >= settings.vocab_size:
             bad = low if low < 0 else high
-            raise ConfigError(f"'{origin}' holds token id {bad}, outside the model's vocabulary [0, {settings.vocab_size}); tokenise with the model's tokenizer")
+            raise ConfigError(f"'{origin}' contains token id {bad}, outside the model's vocabulary [0, {settings.vocab_size}); tokenise with the model's tokenizer")
         if (block == settings.mask_token_id).any():
-            raise ConfigError(f"'{origin}' holds the mask token id {settings.mask_token_id}; the data must be clean text ids (re-tokenise, or set token_dtype if the .bin file is not {settings.token_dtype})")
+            raise ConfigError(f"'{origin}' contains the mask token id {settings.mask_token_id}; the data must be clean text ids (re-tokenise, or set token_dtype if the .bin file is not {settings.token_dtype})")
 
 
 def _require_sequences(count: int, origin: Any, settings: DataSettings) -> None:
@@ -170,7 +170,7 @@ def _text_files(path: Path) -> list[Path]:
         return [path]
     files = sorted(file for file in path.rglob("*") if file.is_file() and file.suffix in suffixes)
     if not files:
-        raise ConfigError(f"folder '{path}' holds no text files ({', '.join(suffixes)})")
+        raise ConfigError(f"folder '{path}' contains no text files ({', '.join(suffixes)})")
     return files
 
 
@@ -195,7 +195,7 @@ def _jsonl_documents(file: Path, column: str) -> Iterator[str]:
             except json.JSONDecodeError as error:
                 raise ConfigError(f"line {number} of '{file}' is not valid JSON: {error}") from error
             if column not in record:
-                raise ConfigError(f"line {number} of '{file}' has no '{column}' field; set text_column to the field that holds the text")
+                raise ConfigError(f"line {number} of '{file}' has no '{column}' field; set text_column to the field that contains the text")
             yield str(record[column])
 
 

@@ -45,7 +45,7 @@ def resolve_tokenizer(model: Any, tokenizer: Any = None) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"could not load tokenizer '{source}': {error}; pass --tokenizer with a folder that holds tokenizer.json or vocab files") from error
+        raise ConfigError(f"could not load tokenizer '{source}': {error}; pass --tokenizer with a folder that contains tokenizer.json or vocab files") from error
 
 
 def special_token_ids(tokenizer: Any) -> tuple[int, int]:

@@ -1,9 +1,9 @@
 """The accelerate training loop: fine-tuning of fixed-point MGMs (arXiv 2605.31215) and training of plain MGMs.
 
-The loop only orchestrates: it draws the S-JFB iteration counts, times and masks, runs the frozen
-teacher, calls :class:`~mgm2fp.training.step.TrainingObjective` (wrapped by accelerate for DDP,
-FSDP or DeepSpeed as ``accelerate config`` chose), steps AdamW with warm-up and cosine decay, and
-writes ``metrics.jsonl``, checkpoints and the final model. Checkpoints hold the model, optimizer,
+The loop only orchestrates. It draws the S-JFB iteration counts, times and masks, runs the frozen
+teacher and calls :class:`~mgm2fp.training.step.TrainingObjective`, which accelerate wraps for
+DDP, FSDP or DeepSpeed as ``accelerate config`` chose. It then steps AdamW with warm-up and cosine
+decay, and writes ``metrics.jsonl``, checkpoints and the final model. Checkpoints hold the model, optimizer,
 scheduler, RNG states and the data position, so a resumed run continues at the exact step.
 """
 
@@ -39,7 +39,7 @@ TERM_NAMES = ("mdlm", "kl", "consistency")
 
 @dataclass
 class FinetuneResult:
-    """What a finished run produced."""
+    """Result of a finished run."""
 
     output_dir: Path
     steps: int
@@ -487,7 +487,7 @@ class Trainer:
         self.accelerator.load_state(rule.kept_checkpoint)
 
     def summary(self) -> dict[str, Any]:
-        """The ``finetune`` entry of the saved ``config.json``."""
+        """Return the ``finetune`` entry of the saved ``config.json``."""
         rule = self.stop_rule
         summary: dict[str, Any] = {
             "recipe_name": self.recipe.name,
@@ -536,7 +536,7 @@ def _count(source: Any) -> int | None:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete ``step-*`` checkpoint under ``output_dir``, or None."""
+    """Return the newest complete ``step-*`` checkpoint under ``output_dir``, or None."""
     folders = sorted(folder for folder in (output_dir / CHECKPOINTS_DIR).glob("step-*") if (folder / TRAINER_STATE).is_file())
     return folders[-1] if folders else None
 
@@ -545,7 +545,7 @@ def prepare_output(output_dir: Path, *, resume: bool | str | Path, overwrite: bo
     """Check the output folder against ``resume``/``overwrite``; return the checkpoint to resume from.
 
     Raises:
-        OutputExistsError: when the folder holds an earlier run and neither resume nor overwrite is set.
+        OutputExistsError: when the folder contains an earlier run and neither resume nor overwrite is set.
         ConfigError: when resuming finds no checkpoint.
     """
     if resume not in (False, None):
@@ -555,7 +555,7 @@ def prepare_output(output_dir: Path, *, resume: bool | str | Path, overwrite: bo
         return checkpoint
     used = output_dir.exists() and any(output_dir.iterdir())
     if used and not overwrite:
-        raise OutputExistsError(f"output '{output_dir}' already holds files; pass --resume to continue its run, --overwrite to start over, or choose another folder")
+        raise OutputExistsError(f"output '{output_dir}' already contains files; pass --resume to continue its run, --overwrite to start over, or choose another folder")
     if used and overwrite:
         shutil.rmtree(output_dir)
     return None
@@ -603,7 +603,7 @@ def finetune(
 
     Raises:
         ConfigError: for invalid recipe values or data.
-        OutputExistsError: when ``output_dir`` holds another run and neither resume nor overwrite is set.
+        OutputExistsError: when ``output_dir`` contains another run and neither resume nor overwrite is set.
     """
     from mgm2fp.loading import load
 

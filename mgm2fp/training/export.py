@@ -1,7 +1,7 @@
 """Writing the result of a training run: the model in its loadable layout, ``recipe.yaml`` and a model card section.
 
 The model is written to a temporary folder beside the output and its files are then moved in
-one by one with ``config.json`` last, so the output folder (which also holds ``metrics.jsonl``
+one by one with ``config.json`` last, so the output folder (which also contains ``metrics.jsonl``
 and ``checkpoints/``) never looks like a complete model before every weight is in place.
 """
 
@@ -31,7 +31,7 @@ def _format_loss(value: Any) -> str:
 
 
 def finetune_card_section(summary: dict[str, Any]) -> str:
-    """A short markdown section of the model card from the ``finetune`` summary."""
+    """Build the short markdown section of the model card from the ``finetune`` summary."""
     recipe = summary.get("recipe", {})
     losses = summary.get("final_losses") or {}
     data = summary.get("data") or {}
@@ -58,7 +58,7 @@ def finetune_card_section(summary: dict[str, Any]) -> str:
 
 
 def _rebuild(model: MaskedGenerativeModel, state_dict: dict[str, torch.Tensor]) -> MaskedGenerativeModel:
-    """A full, unsharded copy of ``model`` on the CPU holding ``state_dict`` (after FSDP or DeepSpeed)."""
+    """Build a full, unsharded copy of ``model`` on the CPU from ``state_dict`` (after FSDP or DeepSpeed)."""
     if isinstance(model, FixedPointMGM):
         from mgm2fp.fixed_point.loader import build_fixed_point_model
 
@@ -91,7 +91,7 @@ def _write_model(model: MaskedGenerativeModel, folder: Path, summary: dict[str, 
 
 
 def export_model(model: MaskedGenerativeModel, output_dir: Path, *, summary: dict[str, Any], recipe: Recipe, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Save the trained ``model`` into ``output_dir``, merging or saving LoRA adapters as the recipe says.
+    """Save the trained ``model`` into ``output_dir``, merging or saving LoRA adapters as the recipe sets.
 
     ``state_dict`` is the gathered full state of a sharded run; the model is then rebuilt on the CPU.
     """

@@ -127,10 +127,10 @@ def distillation_kl(
     """Temperature-scaled KL to a frozen teacher fed the cleaner input (arXiv 2605.31215, adaptation loss).
 
     Returns ``tau^2 * mean_{i student-masked} KL(p_teacher^tau(i) || p_student^tau(i))``. The
-    teacher distribution is SUBS-parameterised on its own input ``x_teacher``: at positions that
+    teacher distribution is SUBS-parameterised on its own input ``x_teacher``. At positions that
     are masked for the student but visible to the teacher it is one-hot on the visible token, so
-    there the term is the student's cross-entropy at temperature ``tau``. Logits are ``[B, L, V]``,
-    inputs ``[B, L]``; returns a scalar (0 when no position is masked for the student).
+    there the term is the student's cross-entropy at temperature ``tau``. Logits are ``[B, L, V]``
+    and inputs ``[B, L]``. Returns a scalar, 0 when no position is masked for the student.
     """
     student_log_probs = masked_log_softmax(student_logits, mask_token_id, temperature=temperature)  # [B, L, V]
     teacher_log_probs = subs_log_probs(teacher_logits.float() / temperature, x_teacher, mask_token_id)  # [B, L, V]
@@ -147,7 +147,7 @@ def consistency_loss(student_hidden: torch.Tensor, cleaner_hidden: torch.Tensor,
     """Cross-step consistency ``mean_{i student-masked} ||h_s(i) - stopgrad(h_c(i))||^2`` (arXiv 2605.31215).
 
     ``student_hidden`` and ``cleaner_hidden`` are the final pre-logit hidden states ``[B, L, D]``
-    of the student (noisier) and cleaner inputs; the squared norm is summed over the hidden size
+    of the student (noisier) and cleaner inputs. The squared norm is summed over the hidden size
     and averaged over the positions masked in ``x_student`` ``[B, L]``. No gradient reaches the
     cleaner branch.
     """

@@ -241,6 +241,6 @@ def load_recipe(recipe: str | Path | dict[str, Any] | Recipe | None = None, **ov
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
-    """The resolved recipe as YAML (every field, defaults included), for ``recipe.yaml`` beside the weights."""
+    """Return the resolved recipe as YAML (every field, defaults included), for ``recipe.yaml`` beside the weights."""
     data = recipe.model_dump(mode="json")
     return yaml.safe_dump(data, sort_keys=False)
