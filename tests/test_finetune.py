@@ -81,6 +81,15 @@ def test_fixed_point_run_saves_loadable_model(tmp_path, tokens):
     assert sorted(path.name for path in (output / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
 
 
+def test_validation_data_limited_to_count(tmp_path, tokens):
+    validation = write_token_stream(tmp_path / "validation.npy", seed=5)
+    result = mgm2fp.finetune(tiny_fixed_point(), tokens, output_dir=tmp_path / "run", validation_data=validation, max_steps=1, **FAST)
+    described = result.summary["data"]["validation"]
+    assert described["num_sequences"] == 4
+    assert described["path"] == str(validation)
+    assert result.summary["data"]["num_sequences"] == 40  # nothing held out of the training data
+
+
 def test_plain_model_trains_with_mdlm_term_only(tmp_path, tokens):
     config = json.loads((MDLM_TINY / "config.json").read_text())
     config["n_blocks"] = 2

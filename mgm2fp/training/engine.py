@@ -192,7 +192,9 @@ class Trainer:
         if validation_data is not None:
             validation_settings = self._data_settings()
             validation = open_sequences(validation_data, validation_settings)
-            validation = validation.split(len(validation) - count)[1] if isinstance(validation, SequenceArray) and len(validation) > count else validation
+            # Only the first ``count`` sequences are evaluated.
+            if isinstance(validation, SequenceArray) and len(validation) > count:
+                validation = validation.split(len(validation) - count)[0]
             if isinstance(validation, SequenceStream):
                 validation = SequenceStream(validation.make_iterator, skip=validation.skip, limit=count)
             description["validation"] = dict(validation_settings.description, num_sequences=_count(validation))

@@ -11,6 +11,7 @@ merged into one block and are saved beside the weights in ``adapter_model.safete
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,10 @@ def apply_lora(model: FixedPointMGM, settings: LoraSettings) -> list[nn.Module]:
     targets = _target_names(model, settings)
     for name in adapter_names(settings):
         config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, bias="none")
-        inject_adapter_in_model(config, model, adapter_name=name)
+        with warnings.catch_warnings():
+            # peft warns that a second adapter joins the first; several adapters are intended here.
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            inject_adapter_in_model(config, model, adapter_name=name)
 
     layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
     for parameter in model.parameters():
