@@ -21,6 +21,7 @@ Writes ``benchmarks/results/training-<device>-<preset>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -81,55 +82,72 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
     return 2 * parameters + optimizer_state
 
 
-def measure(name: str, model: mgm2fp.MaskedGenerativeModel, *, batch_size: int, seq_len: int, steps: int, warmup: int, consistency: bool, device: torch.device, seed: int) -> dict[str, Any]:
-    """Train ``model`` for ``warmup + steps`` steps on random tokens and return timing and memory."""
-    model = model.to(device).train()
-    objective = TrainingObjective(model)
-    optimizer = torch.optim.AdamW([parameter for parameter in objective.parameters() if parameter.requires_grad], lr=2e-4)
-    schedule = LogLinearSchedule()
-    is_fixed_point = isinstance(model, mgm2fp.FixedPointMGM)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    times, saved, iterations = [], [], []
-    for step in range(warmup + steps):
-        x0 = torch.randint(0, model.vocab_size - 1, (batch_size, seq_len), generator=generator).to(device)
-        no_grad, grad = sample_jfb_iterations((0, 4), (3, 6), generator=generator) if is_fixed_point else (0, None)
+class Runner:
+    """Training steps of one model on random tokens, timed one at a time so that runs can interleave."""
+
+    def __init__(self, name: str, model: mgm2fp.MaskedGenerativeModel, *, consistency: bool, batch_size: int, seq_len: int, device: torch.device, seed: int) -> None:
+        self.name = name
+        self.model = model.to(device).train()
+        self.consistency = consistency
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.device = device
+        self.objective = TrainingObjective(self.model)
+        self.optimizer = torch.optim.AdamW([parameter for parameter in self.objective.parameters() if parameter.requires_grad], lr=2e-4)
+        self.schedule = LogLinearSchedule()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.times: list[float] = []
+        self.saved: list[int] = []
+        self.block_passes: list[int] = []
+        self.peak_memory = 0
+
+    def step(self, *, record: bool) -> None:
+        """Run one training step; keep its time, saved-tensor bytes and block passes when ``record``."""
+        model, device = self.model, self.device
+        x0 = torch.randint(0, model.vocab_size - 1, (self.batch_size, self.seq_len), generator=self.generator).to(device)
+        is_fixed_point = isinstance(model, mgm2fp.FixedPointMGM)
+        no_grad, grad = sample_jfb_iterations((0, 4), (3, 6), generator=self.generator) if is_fixed_point else (0, None)
         meter = SavedTensorMeter()
         if device.type == "cuda":
             torch.cuda.synchronize()
-            if step == warmup:
-                torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
+
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda tensor: tensor):
-            inputs = make_inputs(x0, mask_token_id=model.mask_token_id, schedule=schedule, antithetic=True, nested=consistency, gap=(0.05, 0.30))
-            terms = objective(inputs, consistency=consistency, num_iterations=grad, no_grad_iterations=no_grad)
+            inputs = make_inputs(x0, mask_token_id=model.mask_token_id, schedule=self.schedule, antithetic=True, nested=self.consistency, gap=(0.05, 0.30))
+            terms = self.objective(inputs, consistency=self.consistency, num_iterations=grad, no_grad_iterations=no_grad)
             loss = combine_terms(terms, distill_weight=0.0, consistency_weight=0.1)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(self.objective.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-            saved.append(meter.total)
-            iterations.append(None if grad is None else no_grad + grad)
-    result: dict[str, Any] = {
-        "name": name,
-        "parameters": model.num_parameters(),
-        "step_time_s": statistics.mean(times),
-        "step_time_stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
-        "peak_saved_activation_bytes": max(saved),
-        "state_bytes": state_bytes(objective, optimizer),
-        "block_passes_per_step_mean": statistics.mean(
-            [model.cost_per_step(count) if count is not None else model.cost_per_step() for count in iterations]
-        ),
-    }
-    result["memory_bytes"] = torch.cuda.max_memory_allocated() if device.type == "cuda" else result["state_bytes"] + result["peak_saved_activation_bytes"]
-    model.to("cpu")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
+        elapsed = time.perf_counter() - start
+        if not record:
+            return
+        self.times.append(elapsed)
+        self.saved.append(meter.total)
+        self.block_passes.append(model.cost_per_step(no_grad + grad) if is_fixed_point else model.cost_per_step())
+        if device.type == "cuda":
+            self.peak_memory = max(self.peak_memory, torch.cuda.max_memory_allocated())
+
+    def result(self) -> dict[str, Any]:
+        state = state_bytes(self.objective, self.optimizer)
+        peak_saved = max(self.saved)
+        return {
+            "name": self.name,
+            "parameters": self.model.num_parameters(),
+            "step_time_median_s": statistics.median(self.times),
+            "step_time_mean_s": statistics.mean(self.times),
+            "step_time_stdev_s": statistics.stdev(self.times) if len(self.times) > 1 else 0.0,
+            "step_times_s": self.times,
+            "peak_saved_activation_bytes": peak_saved,
+            "state_bytes": state,
+            "memory_bytes": self.peak_memory if self.device.type == "cuda" else state + peak_saved,
+            "block_passes_per_step_mean": statistics.mean(self.block_passes),
+        }
 
 
 def write_report(report: dict[str, Any], stem: str) -> tuple[Path, Path]:
@@ -144,16 +162,16 @@ def write_report(report: dict[str, Any], stem: str) -> tuple[Path, Path]:
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Device: {report['device_name']}; batch {report['batch_size']} x {report['seq_len']} tokens; {report['steps']} measured steps after {report['warmup']} warm-up steps; torch {report['torch']}.",
+        f"Device: {report['device_name']}; batch {report['batch_size']} x {report['seq_len']} tokens; {report['steps']} measured steps per model after {report['warmup']} warm-up steps, the models taking turns step by step; torch {report['torch']}.",
         f"Memory column: {memory_kind}.",
         "",
-        "| model | parameters | block passes / step | step time (s) | time vs source | memory (MiB) | memory vs source | saved activations (MiB) |",
+        "| model | parameters | block passes / step | median step time (s) | time vs source | memory (MiB) | memory vs source | saved activations (MiB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['name']} | {row['parameters']:,} | {row['block_passes_per_step_mean']:.1f} | {row['step_time_s']:.3f} ± {row['step_time_stdev_s']:.3f} | "
-            f"{row['step_time_s'] / baseline['step_time_s']:.2f}x | {row['memory_bytes'] / 2**20:.1f} | {row['memory_bytes'] / baseline['memory_bytes']:.2f}x | "
+            f"| {row['name']} | {row['parameters']:,} | {row['block_passes_per_step_mean']:.1f} | {row['step_time_median_s']:.3f} (mean {row['step_time_mean_s']:.3f} ± {row['step_time_stdev_s']:.3f}) | "
+            f"{row['step_time_median_s'] / baseline['step_time_median_s']:.2f}x | {row['memory_bytes'] / 2**20:.1f} | {row['memory_bytes'] / baseline['memory_bytes']:.2f}x | "
             f"{row['peak_saved_activation_bytes'] / 2**20:.1f} |"
         )
     lines.append("")
@@ -180,12 +198,17 @@ def main() -> None:
     seq_len = arguments.seq_len or PRESETS[arguments.preset]["model_length"]
 
     source, fixed_point = build_models(arguments.preset, arguments.injection)
-    options = dict(batch_size=arguments.batch_size, seq_len=seq_len, steps=arguments.steps, warmup=arguments.warmup, device=device, seed=arguments.seed)
-    results = [
-        measure("MDLM source (12 blocks)", source, consistency=False, **options),
-        measure("FP-MDLM, S-JFB (MDLM loss)", fixed_point, consistency=False, **options),
-        measure("FP-MDLM, S-JFB + consistency", fixed_point, consistency=True, **options),
+    options = dict(batch_size=arguments.batch_size, seq_len=seq_len, device=device, seed=arguments.seed)
+    runners = [
+        Runner("MDLM source (12 blocks)", source, consistency=False, **options),
+        Runner("FP-MDLM, S-JFB (MDLM loss)", fixed_point, consistency=False, **options),
+        Runner("FP-MDLM, S-JFB + consistency", copy.deepcopy(fixed_point), consistency=True, **options),
     ]
+    # Round-robin steps, so that load from other processes falls on every model alike.
+    for step in range(arguments.warmup + arguments.steps):
+        for runner in runners:
+            runner.step(record=step >= arguments.warmup)
+    results = [runner.result() for runner in runners]
     report = {
         "command": "python " + " ".join(sys.argv),
         "preset": arguments.preset,

@@ -90,6 +90,21 @@ def test_validation_data_limited_to_count(tmp_path, tokens):
     assert result.summary["data"]["num_sequences"] == 40  # nothing held out of the training data
 
 
+def test_streamed_text_with_accumulation(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 12)
+    tokenizer = build_char_tokenizer(tmp_path / "tokenizer")
+    output = tmp_path / "run"
+    options = {**FAST, "batch_size": 2, "validation_sequences": 2}
+    mgm2fp.finetune(tiny_fixed_point(), corpus, output_dir=output, tokenizer=tokenizer, streaming=True, gradient_accumulation_steps=2, max_steps=2, **options)
+    state = json.loads((output / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["data"] == {"epoch": 0, "offset": 8}  # 2 steps x 2 micro-steps x 2 sequences
+    summary = json.loads((output / "config.json").read_text())["finetune"]
+    assert summary["global_batch_size"] == 4
+    assert summary["data"]["streaming"] is True
+    assert [line["step"] for line in train_lines(output)] == [1, 2]
+
+
 def test_plain_model_trains_with_mdlm_term_only(tmp_path, tokens):
     config = json.loads((MDLM_TINY / "config.json").read_text())
     config["n_blocks"] = 2

@@ -35,6 +35,7 @@ CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 TRAINER_STATE = "trainer_state.json"
 TERM_NAMES = ("mdlm", "kl", "consistency")
+LOSS_KEYS = ("loss", *(f"loss_{term}" for term in TERM_NAMES))
 
 
 @dataclass
@@ -361,6 +362,8 @@ class Trainer:
             self.last_validation = perplexity
             if before_training and self.stop_rule.baseline is None:
                 self.stop_rule.baseline = perplexity
+        if perplexity is None and entropy is None:
+            return record
         self._write_metrics(record)
         logger.info("step %d: validation perplexity %s", self.step, "n/a" if perplexity is None else f"{perplexity:.3f}")
         return record
@@ -383,39 +386,46 @@ class Trainer:
         consistency = linear_warmup(self.step, final_value=recipe.consistency_weight, warmup_steps=recipe.consistency_warmup_steps)
         return distill, consistency
 
+    def _micro_step(self, *, weights: tuple[float, float], iterations: tuple[int | None, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward and backward pass of one micro-batch; return the weighted loss and its unweighted terms."""
+        recipe = self.recipe
+        accelerator = self.accelerator
+        x0 = next(self.batches).to(accelerator.device)  # [B, L]
+        inputs = make_inputs(x0, mask_token_id=self.model.mask_token_id, schedule=self.schedule, antithetic=recipe.antithetic, nested=recipe.uses_nested_masks, gap=recipe.gap)
+        teacher_logits = None
+        if self.teacher is not None:
+            with accelerator.autocast():
+                teacher_logits = teacher_logits_for(self.teacher, inputs, self.schedule)
+
+        with accelerator.accumulate(self.objective):
+            terms = self.objective(
+                inputs,
+                teacher_logits=teacher_logits,
+                distill_temperature=recipe.distill_temperature,
+                consistency=recipe.consistency_weight > 0,
+                num_iterations=iterations[0],
+                no_grad_iterations=iterations[1],
+            )
+            loss = combine_terms(terms, distill_weight=weights[0], consistency_weight=weights[1])
+            accelerator.backward(loss)
+        return loss.detach(), {name: value.detach() for name, value in terms.items()}
+
     def train_step(self) -> dict[str, Any]:
         """Run one optimizer step (all accumulation micro-steps) and return its logged values."""
         recipe = self.recipe
         accelerator = self.accelerator
-        distill_weight, consistency_weight = self._term_weights()
-        iterations = (None, 0)
+        weights = self._term_weights()
+        iterations: tuple[int | None, int] = (None, 0)
         if self.is_fixed_point:
             no_grad, grad = sample_jfb_iterations(recipe.no_grad_iterations, recipe.grad_iterations)
             iterations = (grad, no_grad)
-        sums = {name: 0.0 for name in ("loss", *TERM_NAMES)}
-        present: set[str] = set()
+
+        record: dict[str, Any] = {key: None for key in LOSS_KEYS}
         for _ in range(recipe.gradient_accumulation_steps):
-            x0 = next(self.batches).to(accelerator.device)
-            inputs = make_inputs(x0, mask_token_id=self.model.mask_token_id, schedule=self.schedule, antithetic=recipe.antithetic, nested=recipe.uses_nested_masks, gap=recipe.gap)
-            teacher_logits = None
-            if self.teacher is not None:
-                with accelerator.autocast():
-                    teacher_logits = teacher_logits_for(self.teacher, inputs, self.schedule)
-            with accelerator.accumulate(self.objective):
-                terms = self.objective(
-                    inputs,
-                    teacher_logits=teacher_logits,
-                    distill_temperature=recipe.distill_temperature,
-                    consistency=recipe.consistency_weight > 0,
-                    num_iterations=iterations[0],
-                    no_grad_iterations=iterations[1],
-                )
-                loss = combine_terms(terms, distill_weight=distill_weight, consistency_weight=consistency_weight)
-                accelerator.backward(loss)
-            sums["loss"] += float(loss.detach()) / recipe.gradient_accumulation_steps
-            for name, value in terms.items():
-                sums[name] += float(value.detach()) / recipe.gradient_accumulation_steps
-                present.add(name)
+            loss, terms = self._micro_step(weights=weights, iterations=iterations)
+            for key, value in (("loss", loss), *((f"loss_{name}", term) for name, term in terms.items())):
+                record[key] = (record[key] or 0.0) + float(value) / recipe.gradient_accumulation_steps
+
         grad_norm = None
         if recipe.max_grad_norm is not None:
             norm = accelerator.clip_grad_norm_(self.objective.parameters(), recipe.max_grad_norm)
@@ -425,17 +435,15 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        record: dict[str, Any] = {"loss": sums["loss"]}
-        for name in TERM_NAMES:
-            record[f"loss_{name}"] = sums[name] if name in present else None
-        record.update(lr=learning_rate, grad_norm=grad_norm, distill_weight=distill_weight, consistency_weight=consistency_weight)
+
+        record.update(lr=learning_rate, grad_norm=grad_norm, distill_weight=weights[0], consistency_weight=weights[1])
         if self.is_fixed_point:
             record.update(no_grad_iterations=iterations[1], grad_iterations=iterations[0])
         return record
 
     def _reduce_record(self, sums: dict[str, float], count: int) -> dict[str, float | None]:
         """Mean of the summed per-step values over steps and processes."""
-        names = [name for name in ("loss", *(f"loss_{term}" for term in TERM_NAMES)) if name in sums]
+        names = [name for name in LOSS_KEYS if name in sums]
         values = torch.tensor([sums[name] / max(1, count) for name in names], device=self.accelerator.device, dtype=torch.float64)
         values = self.accelerator.reduce(values, reduction="mean")
         return {name: float(value) for name, value in zip(names, values)}
@@ -446,38 +454,50 @@ class Trainer:
         if recipe.stop_rule and self.step == 0 and self.stop_rule.baseline is None:
             self._validate(before_training=True)
         self.objective.train()
-        window: dict[str, float] = {}
-        window_steps = 0
+        window: list[dict[str, Any]] = []
         window_start = time.perf_counter()
         while self.step < recipe.max_steps:
             record = self.train_step()
-            window_steps += 1
-            for key, value in record.items():
-                if key.startswith("loss") and value is not None:
-                    window[key] = window.get(key, 0.0) + value
+            window.append(record)
             if self.step % recipe.log_every == 0 or self.step == recipe.max_steps:
-                reduced = self._reduce_record(window, window_steps)
-                line = {"step": self.step, "split": "train", **{key: reduced.get(key) for key in ("loss", "loss_mdlm", "loss_kl", "loss_consistency")}}
-                line.update({key: value for key, value in record.items() if not key.startswith("loss")})
-                line["step_time"] = (time.perf_counter() - window_start) / window_steps
-                self._write_metrics(line)
-                self.last_losses = {key: line[key] for key in ("loss", "loss_mdlm", "loss_kl", "loss_consistency")}
-                window, window_steps, window_start = {}, 0, time.perf_counter()
+                self._log_window(window, time.perf_counter() - window_start)
+                window, window_start = [], time.perf_counter()
             if self.progress is not None and self.accelerator.is_main_process:
                 self.progress(self.step, recipe.max_steps, record)
-            perplexity = self.last_validation
-            if self.step % recipe.resolved_eval_every == 0 or self.step == recipe.max_steps:
-                perplexity = self._validate()["val_perplexity"]
-            if self.step % recipe.save_every == 0 or self.step == recipe.max_steps:
-                checkpoint = self.save_checkpoint()
-                self._apply_stop_rule(checkpoint, perplexity)
-                if self.accelerator.is_main_process and recipe.stop_rule:
-                    # Record the stop-rule decision in the checkpoint it concerns.
-                    state_file = checkpoint / TRAINER_STATE
-                    state = json.loads(state_file.read_text())
-                    state["stop_rule"] = vars(self.stop_rule)
-                    state_file.write_text(json.dumps(state, indent=2) + "\n")
+            self._validate_and_checkpoint()
         self.accelerator.wait_for_everyone()
+
+    def _log_window(self, records: list[dict[str, Any]], elapsed: float) -> None:
+        """Write one metrics line: loss terms averaged over the window's steps and all processes, the rest from its last step."""
+        sums: dict[str, float] = {}
+        for record in records:
+            for key, value in record.items():
+                if key.startswith("loss") and value is not None:
+                    sums[key] = sums.get(key, 0.0) + value
+        reduced = self._reduce_record(sums, len(records))
+        line: dict[str, Any] = {"step": self.step, "split": "train", **{key: reduced.get(key) for key in LOSS_KEYS}}
+        line.update({key: value for key, value in records[-1].items() if not key.startswith("loss")})
+        line["step_time"] = elapsed / len(records)
+        self._write_metrics(line)
+        self.last_losses = {key: line[key] for key in LOSS_KEYS}
+
+    def _validate_and_checkpoint(self) -> None:
+        recipe = self.recipe
+        saving = self.step % recipe.save_every == 0 or self.step == recipe.max_steps
+        perplexity = None
+        # The stop rule judges every checkpoint by its own validation perplexity.
+        if self.step % recipe.resolved_eval_every == 0 or self.step == recipe.max_steps or (saving and recipe.stop_rule):
+            perplexity = self._validate()["val_perplexity"]
+        if not saving:
+            return
+        checkpoint = self.save_checkpoint()
+        self._apply_stop_rule(checkpoint, perplexity)
+        if self.accelerator.is_main_process and recipe.stop_rule:
+            # Record the stop-rule decision in the checkpoint it concerns.
+            state_file = checkpoint / TRAINER_STATE
+            state = json.loads(state_file.read_text())
+            state["stop_rule"] = vars(self.stop_rule)
+            state_file.write_text(json.dumps(state, indent=2) + "\n")
 
     # Export ----------------------------------------------------------------------------------
 
