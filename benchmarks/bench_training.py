@@ -6,10 +6,10 @@ at 93.4 GiB/GPU against 139 h at 112.4 GiB/GPU on 8 H200). This script measures 
 batch with the training objective of mgm2fp (``TrainingObjective``, AdamW, clipping) and reports
 the ratios. Models are built from a config with random weights, so nothing is downloaded.
 
-Memory: on a GPU, the peak of ``torch.cuda.max_memory_allocated`` over the measured steps. On the
-CPU, which has no allocator statistics, the sum of the parameter, gradient and AdamW state bytes
-and the largest per-step total of tensors saved for backward (recorded with autograd's
-saved-tensor hooks); that is the part of training memory that the two models differ in, not the
+Memory: on a GPU, the peak of ``torch.cuda.max_memory_allocated`` over the measured steps. The CPU
+has no allocator statistics, so there the figure is the sum of the parameter, gradient and AdamW
+state bytes and the largest per-step total of tensors saved for backward (recorded with autograd's
+saved-tensor hooks). That is the part of training memory in which the two models differ, not the
 process's resident size.
 
     python benchmarks/bench_training.py                      # CPU-sized preset

@@ -1,8 +1,8 @@
 """Low-rank adapters (LoRA, through peft) on the shared fixed-point block.
 
-One adapter serves every iteration, or one adapter per range of iterations ("relaxed weight
-tying": Bae et al., Relaxed Recursive Transformers, arXiv 2410.20672, found per-loop LoRA helps
-weight-tied transformers; arXiv 2605.31215 lists per-iteration adapters as an open direction).
+One adapter serves every iteration, or one adapter per range of iterations. The second form
+relaxes the weight tying, so the shared block can act differently at different solver iterations
+at the cost of a few low-rank matrices per range.
 Only the adapters train; the rest of the model is frozen. A single adapter can be merged into the
 shared block on save, which gives an ordinary fixed-point model; per-iteration adapters cannot be
 merged into one block and are saved beside the weights in ``adapter_model.safetensors``.
