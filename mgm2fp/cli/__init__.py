@@ -10,6 +10,7 @@ from mgm2fp.cli.common import CliState, app, err_console, setup_logging
 from mgm2fp.cli import convert as _convert  # noqa: F401  (registers commands)
 from mgm2fp.cli import push as _push  # noqa: F401
 from mgm2fp.cli import analyze as _analyze  # noqa: F401  (registers commands)
+from mgm2fp.cli import finetune as _finetune  # noqa: F401
 
 
 @app.callback()

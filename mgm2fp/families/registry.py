@@ -33,6 +33,8 @@ class Family:
     description: str = ""
     # Names of the keyword overrides that ``load`` accepts besides dtype and device.
     overrides: tuple[str, ...] = ()
+    # Write a (trained) model in the family's own layout: (model, folder, extra config) -> None.
+    save: Callable[..., None] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -3,8 +3,9 @@
 Absorbing-state diffusion with the log-linear schedule (eps = 1e-3, move chance ``(1 - eps) t``),
 the SUBS parameterisation and the continuous-time weight ``sigma'(t) / expm1(sigma(t))`` (about
 ``1 / t``) on masked positions, with antithetic time sampling; as in MDLM (Sahoo et al., arXiv
-2406.07524) and used by arXiv 2605.31215. Correlated (nested) masks for the cross-step consistency
-and teacher losses follow arXiv 2605.31215.
+2406.07524) and used by arXiv 2605.31215. Correlated (nested) masks, the temperature-scaled KL to a
+frozen teacher, the cross-step consistency loss, the linear warm-up of their weights and the
+S-JFB iteration draws follow arXiv 2605.31215. Every function here is pure: tensors in, tensors out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mgm2fp.families.mdlm import subs_log_probs
+from mgm2fp.families.mdlm import NEG_INFINITY, subs_log_probs
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,86 @@ def nested_masks(
 
     mask = torch.full_like(x0, mask_token_id)
     return torch.where(student_masked, mask, x0), torch.where(cleaner_masked, mask, x0), t_cleaner
+
+
+def masked_log_softmax(logits: torch.Tensor, mask_token_id: int, *, temperature: float = 1.0) -> torch.Tensor:
+    """Log-softmax of ``logits / temperature`` ``[B, L, V]`` with the mask token excluded (SUBS's zero-mask rule)."""
+    scaled = logits.float() / temperature
+    scaled = scaled.clone()
+    scaled[..., mask_token_id] += NEG_INFINITY
+    return torch.log_softmax(scaled, dim=-1)
+
+
+def distillation_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    x_student: torch.Tensor,
+    x_teacher: torch.Tensor,
+    *,
+    mask_token_id: int,
+    temperature: float = 1.5,
+) -> torch.Tensor:
+    """Temperature-scaled KL to a frozen teacher fed the cleaner input (arXiv 2605.31215, adaptation loss).
+
+    Returns ``tau^2 * mean_{i student-masked} KL(p_teacher^tau(i) || p_student^tau(i))``. The
+    teacher distribution is SUBS-parameterised on its own input ``x_teacher``. At positions that
+    are masked for the student but visible to the teacher it is one-hot on the visible token, so
+    there the term is the student's cross-entropy at temperature ``tau``. Logits are ``[B, L, V]``
+    and inputs ``[B, L]``. Returns a scalar, 0 when no position is masked for the student.
+    """
+    student_log_probs = masked_log_softmax(student_logits, mask_token_id, temperature=temperature)  # [B, L, V]
+    teacher_log_probs = subs_log_probs(teacher_logits.float() / temperature, x_teacher, mask_token_id)  # [B, L, V]
+    teacher_probs = teacher_log_probs.exp()
+    # Terms with p_teacher = 0 contribute nothing; the where keeps -1e6 stand-ins out of the sum.
+    pointwise = torch.where(teacher_probs > 0, teacher_probs * (teacher_log_probs - student_log_probs), torch.zeros_like(teacher_probs))
+    per_position = pointwise.sum(dim=-1)  # [B, L]
+    student_masked = (x_student == mask_token_id).to(per_position.dtype)
+    mean_kl = (per_position * student_masked).sum() / student_masked.sum().clamp_min(1)
+    return temperature**2 * mean_kl
+
+
+def consistency_loss(student_hidden: torch.Tensor, cleaner_hidden: torch.Tensor, x_student: torch.Tensor, *, mask_token_id: int) -> torch.Tensor:
+    """Cross-step consistency ``mean_{i student-masked} ||h_s(i) - stopgrad(h_c(i))||^2`` (arXiv 2605.31215).
+
+    ``student_hidden`` and ``cleaner_hidden`` are the final pre-logit hidden states ``[B, L, D]``
+    of the student (noisier) and cleaner inputs. The squared norm is summed over the hidden size
+    and averaged over the positions masked in ``x_student`` ``[B, L]``. No gradient reaches the
+    cleaner branch.
+    """
+    difference = student_hidden.float() - cleaner_hidden.detach().float()  # [B, L, D]
+    per_position = difference.pow(2).sum(dim=-1)  # [B, L]
+    student_masked = (x_student == mask_token_id).to(per_position.dtype)
+    return (per_position * student_masked).sum() / student_masked.sum().clamp_min(1)
+
+
+def linear_warmup(step: int, *, final_value: float, warmup_steps: int) -> float:
+    """Weight at optimizer ``step``: linear from 0 at step 0 to ``final_value`` at ``warmup_steps``, then constant."""
+    if warmup_steps <= 0:
+        return final_value
+    return final_value * min(1.0, step / warmup_steps)
+
+
+def sample_jfb_iterations(no_grad_range: tuple[int, int], grad_range: tuple[int, int], *, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """Draw ``(N_ng, N_g)`` for stochastic Jacobian-free backprop, each uniform over its inclusive range.
+
+    arXiv 2605.31215 uses ``N_ng ~ U{0..4}`` iterations without gradient, then ``N_g ~ U{3..6}``
+    with gradient, and backpropagates through the last ``N_g`` only.
+    """
+    no_grad = int(torch.randint(no_grad_range[0], no_grad_range[1] + 1, (1,), generator=generator).item())
+    grad = int(torch.randint(grad_range[0], grad_range[1] + 1, (1,), generator=generator).item())
+    return no_grad, grad
+
+
+def unigram_entropy(tokens: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each sample's empirical token distribution, ``[B]`` from tokens ``[B, L]``.
+
+    Low values flag repetitive samples, which can fake a low generative perplexity.
+    """
+    if tokens.ndim != 2:
+        raise ValueError(f"unigram_entropy expects tokens of shape [B, L], got {tuple(tokens.shape)}")
+    entropies = []
+    for row in tokens:
+        _, counts = torch.unique(row, return_counts=True)
+        probs = counts.double() / counts.sum()
+        entropies.append(-(probs * probs.log()).sum())
+    return torch.stack(entropies).float() if entropies else torch.zeros(0)
