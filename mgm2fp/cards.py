@@ -221,11 +221,19 @@ def finetune_section(config: dict[str, Any], *, recipe_text: str | None = None) 
     if not finetune:
         return ""
     rows = []
-    if finetune.get("recipe"):
-        rows.append(("recipe", f"`{_cell(finetune['recipe'])}`"))
+    # The trainer stores the resolved recipe as a dict beside its name; hand-written configs may give the name only.
+    recipe = finetune.get("recipe")
+    recipe_fields = recipe if isinstance(recipe, dict) else {}
+    recipe_name = finetune.get("recipe_name") or (recipe if isinstance(recipe, str) else None)
+    if recipe_name:
+        rows.append(("recipe", f"`{_cell(recipe_name)}`"))
     if finetune.get("steps") is not None:
-        rows.append(("steps", _cell(finetune["steps"])))
+        batch = finetune.get("global_batch_size")
+        rows.append(("steps", _cell(finetune["steps"]) + (f" at global batch {_cell(batch)}" if batch else "")))
     data, dataset = finetune.get("data"), finetune.get("dataset")
+    if isinstance(data, dict):
+        count = data.get("num_sequences")
+        data = f"{data.get('kind')} `{data.get('path')}` ({_cell(count) if count else 'streamed'} sequences of {data.get('seq_len')} tokens)"
     if dataset:
         link = f"[{dataset}](https://huggingface.co/datasets/{dataset})"
         rows.append(("data", f"{_cell(data)} ({link})" if data and str(data) != str(dataset) else link))
@@ -233,8 +241,16 @@ def finetune_section(config: dict[str, Any], *, recipe_text: str | None = None) 
         rows.append(("data", _cell(data)))
     if finetune.get("validation_perplexity") is not None:
         rows.append(("validation perplexity", _cell(finetune["validation_perplexity"])))
+    if recipe_fields:
+        rows.append(("learning rate", f"{_cell(recipe_fields.get('learning_rate'))} ({recipe_fields.get('lr_schedule')}, {_cell(recipe_fields.get('warmup_steps'))} warm-up steps)"))
+        rows.append(("teacher KL", f"weight {_cell(recipe_fields.get('distill_weight'))}, temperature {_cell(recipe_fields.get('distill_temperature'))}" + (f", teacher `{finetune['teacher']}`" if finetune.get("teacher") else "")))
+        rows.append(("consistency", f"weight {_cell(recipe_fields.get('consistency_weight'))}, gap {recipe_fields.get('gap')}"))
     for term, value in (finetune.get("final_losses") or {}).items():
-        rows.append((f"final `{term}`", _cell(value)))
+        if value is not None:
+            rows.append((f"final `{term}`", _cell(value)))
+    stop_rule = finetune.get("stop_rule")
+    if stop_rule:
+        rows.append(("stop rule", f"exported step {_cell(stop_rule.get('exported_step'))}, baseline perplexity {_cell(stop_rule.get('baseline_perplexity'))}, tolerance {_cell(stop_rule.get('tolerance'))}"))
 
     lines = ["## Fine-tuning", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from huggingface_hub import ModelCard
 
+from mgm2fp.cards import finetune_section
 from mgm2fp.errors import ConfigError
 from mgm2fp.families.base import MaskedGenerativeModel
 from mgm2fp.families.registry import get_family
@@ -24,37 +25,6 @@ from mgm2fp.fixed_point.model import FixedPointMGM
 from mgm2fp.training.recipe import Recipe, recipe_to_yaml
 
 logger = logging.getLogger(__name__)
-
-
-def _format_loss(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.4f}"
-
-
-def finetune_card_section(summary: dict[str, Any]) -> str:
-    """Build the short markdown section of the model card from the ``finetune`` summary."""
-    recipe = summary.get("recipe", {})
-    losses = summary.get("final_losses") or {}
-    data = summary.get("data") or {}
-    perplexity = summary.get("validation_perplexity")
-    lines = [
-        "## Fine-tuning",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| recipe | {summary.get('recipe_name') or 'custom'} (full recipe in `recipe.yaml`) |",
-        f"| steps | {summary.get('steps')} at global batch {summary.get('global_batch_size')} x {data.get('seq_len')} tokens |",
-        f"| data | {data.get('kind')} `{data.get('path')}` ({data.get('num_sequences', 'streamed')} sequences) |",
-        f"| learning rate | {recipe.get('learning_rate')} ({recipe.get('lr_schedule')}, {recipe.get('warmup_steps')} warm-up steps) |",
-        f"| teacher KL | weight {recipe.get('distill_weight')}, temperature {recipe.get('distill_temperature')}, teacher `{summary.get('teacher')}` |",
-        f"| consistency | weight {recipe.get('consistency_weight')}, gap {recipe.get('gap')} |",
-        f"| final losses | total {_format_loss(losses.get('loss'))}, MDLM {_format_loss(losses.get('loss_mdlm'))}, KL {_format_loss(losses.get('loss_kl'))}, consistency {_format_loss(losses.get('loss_consistency'))} |",
-        f"| validation perplexity (ELBO bound) | {'-' if perplexity is None else f'{perplexity:.2f}'} |",
-    ]
-    stop_rule = summary.get("stop_rule")
-    if stop_rule:
-        lines.append(f"| stop rule | exported step {stop_rule.get('exported_step')}; baseline perplexity {stop_rule.get('baseline_perplexity')}, tolerance {stop_rule.get('tolerance')} |")
-    lines.append("")
-    return "\n".join(lines)
 
 
 def _rebuild(model: MaskedGenerativeModel, state_dict: dict[str, torch.Tensor]) -> MaskedGenerativeModel:
@@ -74,12 +44,13 @@ def _rebuild(model: MaskedGenerativeModel, state_dict: dict[str, torch.Tensor]) 
 
 def _write_model(model: MaskedGenerativeModel, folder: Path, summary: dict[str, Any], recipe: Recipe) -> None:
     """Write ``model`` into the empty ``folder`` in the layout :func:`mgm2fp.load` reads."""
-    section = finetune_card_section(summary)
+    section = finetune_section({"finetune": summary})
     if isinstance(model, FixedPointMGM):
         from mgm2fp.fixed_point.loader import save_pretrained
 
+        # The card's fine-tuning section comes from the "finetune" entry of the config.
         model.metadata["finetune"] = summary
-        save_pretrained(model, folder, overwrite=True, card_sections=[section], extra_config={"finetune": summary})
+        save_pretrained(model, folder, overwrite=True, extra_config={"finetune": summary})
     else:
         family = get_family(model.family)
         if family.save is None:
