@@ -1,0 +1,1 @@
+"""Evaluation: generative perplexity and entropy of text samples, image metrics, budget sweeps."""
