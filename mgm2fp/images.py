@@ -76,6 +76,31 @@ def save_image_grid(images: torch.Tensor, path: str | Path, *, nrow: int | None 
     return target
 
 
+def read_token_grids(path: str | Path, *, key: str = "codes") -> torch.Tensor:
+    """Read token grids ``[N, g, g]`` (or ``[N, g * g]``) stored under ``key`` in a .safetensors or weights-only .pt file.
+
+    Raises:
+        ConfigError: when the file lacks ``key`` or the tensor is not integer codes.
+        CheckpointError: for a .pt file whose pickle would run code.
+    """
+    from safetensors.torch import load_file
+
+    from mgm2fp.pth_weights import load_weights_only
+
+    path = Path(path)
+    content = load_file(str(path)) if path.suffix == ".safetensors" else load_weights_only(path)
+    if torch.is_tensor(content):
+        codes = content
+    elif isinstance(content, dict) and key in content and torch.is_tensor(content[key]):
+        codes = content[key]
+    else:
+        found = ", ".join(sorted(map(str, content))) if isinstance(content, dict) else type(content).__name__
+        raise ConfigError(f"'{path}' has no tensor '{key}' (found: {found}); pass --key with the name of the token tensor")
+    if codes.is_floating_point() or codes.ndim not in (2, 3):
+        raise ConfigError(f"tokens in '{path}' must be integer codes [N, g, g] or [N, g * g], got {codes.dtype} {list(codes.shape)}")
+    return codes.long()
+
+
 @torch.no_grad()
 def decode_tokens(decoder: VQDecoder, codes: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
     """Decode token grids ``[N, g, g]`` (or ``[N, g * g]``) to images ``[N, 3, H, W]`` in [0, 1], in batches.

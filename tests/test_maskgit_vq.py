@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy
 import pytest
 import torch
 from PIL import Image
@@ -120,3 +121,33 @@ def test_decode_tokens_batches():
     decoder = tiny_decoder("llamagen")
     codes = torch.randint(0, 12, (5, 2, 2))
     torch.testing.assert_close(decode_tokens(decoder, codes, batch_size=2), decoder.decode(codes))
+
+
+def test_decode_cli_writes_grid(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from tests.conftest import run_cli
+
+    decoder = tiny_decoder("taming", seed=5)
+    write_release(decoder, "taming", tmp_path / "last.ckpt")
+    codes = torch.randint(0, 12, (4, 3, 3))
+    save_file({"codes": codes}, str(tmp_path / "tokens.safetensors"))
+    code, out, err = run_cli(["decode", tmp_path / "tokens.safetensors", "--tokenizer", tmp_path / "last.ckpt", "--output", tmp_path / "grid.png", "--nrow", "2"], capsys)
+    assert code == 0, err
+    assert "4 images of 6x6 pixels" in " ".join(out.split())
+    with Image.open(tmp_path / "grid.png") as picture:
+        written = torch.from_numpy(numpy.asarray(picture).copy())  # [H, W, 3]
+    expected = make_grid(decoder.decode(codes), nrow=2).permute(1, 2, 0)
+    assert torch.equal(written, expected)
+
+
+def test_decode_cli_missing_key(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from tests.conftest import run_cli
+
+    write_release(tiny_decoder("llamagen"), "llamagen", tmp_path / "vq.pt")
+    save_file({"tokens": torch.zeros(1, 2, 2, dtype=torch.long)}, str(tmp_path / "tokens.safetensors"))
+    code, out, err = run_cli(["decode", tmp_path / "tokens.safetensors", "--tokenizer", tmp_path / "vq.pt"], capsys)
+    assert code == 1
+    assert "no tensor 'codes'" in err

@@ -8,6 +8,7 @@ import typer
 
 from mgm2fp.cli.common import CliState, app, err_console, setup_logging
 from mgm2fp.cli import convert as _convert  # noqa: F401  (registers commands)
+from mgm2fp.cli import decode as _decode  # noqa: F401  (registers commands)
 
 
 @app.callback()
