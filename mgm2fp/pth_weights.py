@@ -57,7 +57,7 @@ def select_model_state(checkpoint: Any, *, source: str) -> dict[str, torch.Tenso
     """Return the model weights of a loaded checkpoint, without trainer state.
 
     A dict whose values are all tensors is the state dict itself. Otherwise the first of
-    ``model_state_dict``, ``state_dict``, ``model``, ``ema`` and ``module`` that holds a state
+    ``model_state_dict``, ``state_dict``, ``model``, ``ema`` and ``module`` that contains a state
     dict is used.
 
     Raises:
@@ -73,8 +73,8 @@ def select_model_state(checkpoint: Any, *, source: str) -> dict[str, torch.Tenso
                     logger.debug("reading '%s' from %s and ignoring %s", key, source, ", ".join(other))
                 return dict(checkpoint[key])
         keys = ", ".join(sorted(str(name) for name in checkpoint)[:8])
-        raise CheckpointError(f"'{source}' holds no model weights under {', '.join(MODEL_STATE_KEYS)} (found keys: {keys}); pass the file that stores the model")
-    raise CheckpointError(f"'{source}' holds a {type(checkpoint).__name__}, not a dict of weights; pass a checkpoint written with torch.save(state_dict)")
+        raise CheckpointError(f"'{source}' contains no model weights under {', '.join(MODEL_STATE_KEYS)} (found keys: {keys}); pass the file that stores the model")
+    raise CheckpointError(f"'{source}' contains a {type(checkpoint).__name__}, not a dict of weights; pass a checkpoint written with torch.save(state_dict)")
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

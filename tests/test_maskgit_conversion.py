@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -109,17 +108,15 @@ def test_halton_head_tie_survives_saving(tmp_path):
 
     loaded = mgm2fp.load(tmp_path / "fp")
     codes, labels, drop_label = reference_inputs("halton")
+    unused = next(code for code in range(loaded.vocab_size) if not (codes == code).any())
     with torch.no_grad():
         before = loaded(codes, labels, drop_label, num_iterations=1)
-        loaded.base.tok_emb.weight[5] += 1.0  # the head reads the same table
+        loaded.base.tok_emb.weight[unused] += 1.0  # no input embeds this code, only the head reads it
         after = loaded(codes, labels, drop_label, num_iterations=1)
-    changed = (after - before).abs().amax(dim=(0, 1))  # [V]
-    assert changed[5] > 0.1
-    # Row 5 is the embedding of code 5 and the output weights of logit 5; codes equal to 5 also move
-    # other logits, so only check that the tied row's logit moved the most on positions without code 5.
-    positions = codes.reshape(codes.shape[0], -1) != 5
-    row_change = (after - before).abs()[positions]  # [P, V]
-    assert row_change.argmax(dim=-1).eq(5).all()
+    difference = (after - before).abs()  # [B, N, V]
+    assert difference[..., unused].min() > 0
+    others = torch.arange(loaded.vocab_size) != unused
+    assert difference[..., others].max() == 0
 
 
 def test_convert_by_path_streams(tmp_path):
@@ -178,4 +175,3 @@ def test_random_release_round_trip(tmp_path):
     assert torch.equal(model.tok_emb.weight, release["tok_emb.weight"])
     assert torch.equal(model.output_bias, release["head.bias"])
     assert torch.equal(model.blocks[2].ff.w2.weight, release["transformer.layers.2.ff.w2.weight"])
-    shutil.rmtree(tmp_path)

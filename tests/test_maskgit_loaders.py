@@ -135,7 +135,7 @@ def test_num_heads_overrides_arguments_file(tmp_path):
     assert mgm2fp.load(copy, num_heads=2).config["heads"] == 2
 
 
-def test_invalid_num_heads_rejected(tmp_path):
+def test_invalid_num_heads_rejected():
     with pytest.raises(CheckpointError, match="not divisible"):
         mgm2fp.load(HALTON_FILE, num_heads=5)
 

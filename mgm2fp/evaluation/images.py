@@ -1,10 +1,10 @@
 """FID and Inception Score of generated images, through torchmetrics (with torch-fidelity's Inception-v3).
 
 Images are float tensors in [0, 1] or uint8 tensors in [0, 255], ``[N, 3, H, W]``, given whole
-or as an iterable of batches; they are converted to uint8 before feature extraction, as the
-reference Inception-v3 expects. The Inception weights come from ``inception_weights=PATH`` or
-from torch-fidelity's download cache (``$TORCH_HOME/hub/checkpoints``; downloaded there unless
-``HF_HUB_OFFLINE`` is set). torch-fidelity reads them
+or as an iterable of batches. They are converted to uint8 before feature extraction, because the
+reference Inception-v3 expects uint8 input. The Inception weights come from
+``inception_weights=PATH`` or from torch-fidelity's download cache (``$TORCH_HOME/hub/checkpoints``),
+which is filled on first use unless ``HF_HUB_OFFLINE`` is set. torch-fidelity reads the weights
 with an unrestricted ``torch.load``, so mgm2fp first checks the file with ``weights_only=True``
 and rejects a pickle that would run code. Any ``nn.Module`` that maps uint8 images
 ``[N, 3, H, W]`` to features ``[N, d]`` (FID) or logits ``[N, classes]`` (IS) can replace

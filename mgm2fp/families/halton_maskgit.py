@@ -1,9 +1,9 @@
 """Halton-MaskGIT family: the class-conditional image-token transformer of valeoai/Halton-MaskGIT.
 
-An independent port of the released architecture (main branch, weights ``llvictorll/Halton-MaskGIT``):
-adaLN blocks conditioned on the class embedding, RMSNorm, attention with a weightless RMSNorm on
-the full query and key vectors, a SwiGLU feed-forward layer, register tokens appended after the
-image tokens, and an output projection tied to the token embedding.
+An independent port of the released architecture (main branch, weights ``llvictorll/Halton-MaskGIT``).
+Its blocks are adaLN blocks conditioned on the class embedding, with RMSNorm, attention with a
+weightless RMSNorm on the full query and key vectors, and a SwiGLU feed-forward layer. Register
+tokens follow the image tokens, and the output projection is tied to the token embedding.
 
 Adapter names follow the release except ``transformer.layers`` (here ``blocks``) and the head:
 the release's ``head.weight`` is the token embedding itself, so the adapter keeps only
@@ -67,7 +67,7 @@ class RMSNorm(nn.Module):
 
 @dataclass
 class HaltonContext:
-    """What every block and the head need besides the hidden state."""
+    """Conditioning that every block and the head read besides the hidden state."""
 
     condition: torch.Tensor  # [B, D] class embedding (the "no class" row for dropped labels)
     num_image_tokens: int  # grid * grid; register tokens follow them
@@ -154,9 +154,9 @@ class AdaptiveFinalNorm(nn.Module):
 class HaltonMaskGIT(MaskedGenerativeModel):
     """Halton-MaskGIT: ``forward(codes, labels, drop_label)`` returns logits ``[B, grid * grid, codebook + 1]``.
 
-    ``codes`` are ``[B, grid, grid]`` or ``[B, grid * grid]`` with the mask id ``codebook_size``
-    at masked cells; ``labels`` are class ids ``[B]`` (None for unconditional), and
-    ``drop_label`` (bool ``[B]``) replaces a label by the "no class" id ``nclass``.
+    ``codes`` are ``[B, grid, grid]`` or ``[B, grid * grid]``, with the mask id ``codebook_size``
+    at masked cells. ``labels`` are class ids ``[B]`` (None for unconditional). ``drop_label``
+    (bool ``[B]``) replaces a label by the "no class" id ``nclass``.
     """
 
     family = FAMILY
@@ -296,7 +296,7 @@ def load(
 
     Raises:
         CheckpointError: for unsafe, corrupt or unsupported files, or when the number of heads
-            cannot be told (pass ``num_heads``).
+            cannot be determined (pass ``num_heads``).
     """
     return load_pth_model(resolved, build=build, infer_config=infer_config, rename=rename, dtype=dtype, device=device, num_heads=num_heads, keep_blocks=keep_blocks)
 

@@ -118,7 +118,7 @@ def load_pth_model(
 
     ``infer_config`` turns the release's tensors into the adapter config and ``rename`` maps
     release keys to adapter keys. ``keep_blocks`` (indices, or a function of the number of
-    blocks) assigns only those blocks; the others stay on the meta device, as in the MDLM loader.
+    blocks) assigns only those blocks. The others stay on the meta device, as in the MDLM loader.
 
     Raises:
         SourceNotFoundError: when no single ``.pth`` file is found.
@@ -161,7 +161,7 @@ def resolve_num_heads(*, num_heads: int | None, weights_file: Path, hidden: int,
     the released size with this hidden size (``by_hidden``).
 
     Raises:
-        CheckpointError: when none applies; the message asks for ``num_heads=``.
+        CheckpointError: when none applies. The message names ``num_heads=`` as the fix.
     """
     if num_heads is not None:
         return _checked_heads(int(num_heads), hidden, str(weights_file))

@@ -1,8 +1,8 @@
 """MaskGIT-pytorch v1 family: the bidirectional token transformer of valeoai/Maskgit-pytorch (branch v1.0).
 
 An independent port of the released ``MaskTransformer`` (weights ``llvictorll/Maskgit-pytorch``,
-``pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_256.pth``). One embedding table holds the image
-codes, the mask token and the class tokens: the class token is appended after the image tokens,
+``pretrained_maskgit/MaskGIT/MaskGIT_ImageNet_256.pth``). One embedding table contains the image
+codes, the mask token and the class tokens. The class token is appended after the image tokens,
 so the sequence has ``grid * grid + 1`` positions. Pre-norm blocks (LayerNorm, multi-head
 attention, LayerNorm, GELU MLP) sit between an input and an output MLP, and the logits are the
 hidden states times the embedding table plus a per-position bias.
@@ -251,7 +251,7 @@ def load(
 
     Raises:
         CheckpointError: for unsafe, corrupt or unsupported files, or when the number of heads
-            cannot be told (pass ``num_heads``).
+            cannot be determined (pass ``num_heads``).
     """
 
     def infer(release: Mapping[str, torch.Tensor], weights_file: Path, heads: int | None) -> dict[str, Any]:

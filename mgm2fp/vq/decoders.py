@@ -215,5 +215,5 @@ LLAMAGEN_VQ_DS16_C2I = VQDecoderConfig(codebook_size=16384, embed_dim=8, attenti
 TAMING_VQGAN_F16_1024 = VQDecoderConfig(codebook_size=1024, embed_dim=256, attention_levels=(4,), l2_normalize_codebook=False)
 
 VQ_DECODERS: dict[str, type[VQDecoder]] = {"llamagen": LlamaGenVQDecoder, "taming": TamingVQGANDecoder}
-# Whether each layout L2-normalises its codebook; the weights do not say.
+# Whether each layout L2-normalises its codebook, which the weights do not record.
 L2_NORMALIZED = {"llamagen": True, "taming": False}
