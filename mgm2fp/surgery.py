@@ -57,6 +57,8 @@ def convert(
         raise ConfigError(f"unknown injection '{injection}'; use one of {', '.join(INJECTIONS)}")
 
     def choose_plan(num_blocks: int) -> LayerPlan:
+        if plan is not None and preset is not None:
+            raise LayerPlanError(f"give either a LayerPlan or preset '{preset}', not both")
         if plan is not None:
             if plan.num_source_blocks != num_blocks:
                 raise LayerPlanError(f"the layer plan was made for {plan.num_source_blocks} blocks but the model has {num_blocks}; make the plan for this model")

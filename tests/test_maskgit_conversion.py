@@ -149,6 +149,12 @@ def test_preset_errors(options, message):
         mgm2fp.make_plan(num_blocks, **options)
 
 
+def test_preset_and_plan_rejected():
+    model = mgm2fp.load(FIXTURES["halton"])
+    with pytest.raises(LayerPlanError, match="not both"):
+        mgm2fp.convert(model, plan=mgm2fp.make_plan(6, share_layers="1-4"), preset="fp-maskgit")
+
+
 def test_preset_convert_cli(tmp_path, capsys):
     source = halton_release_file(tmp_path / "release", depth=10)
     code, out, err = run_cli(["convert", source, "--preset", "fp-maskgit", "--output", tmp_path / "fp"], capsys)
