@@ -15,6 +15,10 @@ from typing import Any
 from mgm2fp.errors import LayerPlanError
 
 INIT_CHOICES = ("first", "middle", "last", "mean")
+# Named plans: preset name -> (pre blocks, post blocks). The blocks between them form the
+# fixed-point range. "fp-maskgit" is FP-MaskGIT of arXiv 2605.31215: 4 pre, one shared block
+# and 4 post blocks (the paper converts the 24-block MaskGIT-Large; 1/1, 2/2 and 3/3 did worse).
+PRESETS: dict[str, tuple[int, int]] = {"fp-maskgit": (4, 4)}
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
 
@@ -151,13 +155,22 @@ def make_plan(
     fixed_point_layers: str | None = None,
     post_layers: str | None = None,
     init: str | int = "first",
+    preset: str | None = None,
 ) -> LayerPlan:
-    """Build a :class:`LayerPlan` from ``share_layers`` or from the explicit three parts.
+    """Build a :class:`LayerPlan` from ``share_layers``, the explicit three parts or a ``preset``.
+
+    ``preset`` names a plan of :data:`PRESETS`: ``"fp-maskgit"`` keeps the first 4 and the last
+    4 blocks and shares the blocks between them.
 
     Raises:
-        LayerPlanError: when both forms or neither are given, or a range is invalid.
+        LayerPlanError: when several forms or none are given, the preset is unknown or does not
+            fit the model, or a range is invalid.
     """
     explicit = [value for value in (pre_layers, fixed_point_layers, post_layers) if value is not None]
+    if preset is not None:
+        if share_layers is not None or explicit:
+            raise LayerPlanError(f"give either preset '{preset}' or a layer range, not both")
+        share_layers = preset_share_layers(preset, num_blocks)
     if share_layers is not None and explicit:
         raise LayerPlanError("give either share_layers or the explicit pre/fixed-point/post layers, not both")
     if share_layers is not None:
@@ -178,3 +191,17 @@ def make_plan(
         num_source_blocks=num_blocks,
         init=parse_init(init),
     )
+
+
+def preset_share_layers(preset: str, num_blocks: int) -> str:
+    """Return the ``share_layers`` range of ``preset`` for a model of ``num_blocks`` blocks.
+
+    Raises:
+        LayerPlanError: for an unknown preset or a model too shallow for it.
+    """
+    if preset not in PRESETS:
+        raise LayerPlanError(f"unknown layer plan preset '{preset}'; use one of {', '.join(PRESETS)}")
+    num_pre, num_post = PRESETS[preset]
+    if num_blocks < num_pre + num_post + 1:
+        raise LayerPlanError(f"preset '{preset}' keeps {num_pre} pre and {num_post} post blocks and needs at least {num_pre + num_post + 1} blocks, but the model has {num_blocks}")
+    return f"{num_pre}-{num_blocks - num_post - 1}"

@@ -32,6 +32,7 @@ def convert(
     fixed_point_layers: str | None = None,
     post_layers: str | None = None,
     plan: LayerPlan | None = None,
+    preset: str | None = None,
     init: str | int = "first",
     injection: str = "fpdm",
     num_iterations: int | None = None,
@@ -40,7 +41,8 @@ def convert(
     """Convert ``model`` (a loaded model, or a source for :func:`mgm2fp.load`) into a fixed-point MGM.
 
     Give the layers as ``share_layers="A-B"`` or as ``pre_layers``, ``fixed_point_layers`` and
-    ``post_layers`` (0-indexed inclusive ranges), or pass a ready :class:`LayerPlan`. ``init``
+    ``post_layers`` (0-indexed inclusive ranges), name a ``preset`` of
+    :data:`mgm2fp.layer_plan.PRESETS` (``"fp-maskgit"``), or pass a ready :class:`LayerPlan`. ``init``
     chooses the shared block's weights: ``first``, ``middle``, ``last``, ``mean`` of the
     fixed-point range, or a block index. ``num_iterations`` defaults to the number of source
     blocks that the pre and post blocks do not cover, so one step costs as much as in the source.
@@ -55,11 +57,13 @@ def convert(
         raise ConfigError(f"unknown injection '{injection}'; use one of {', '.join(INJECTIONS)}")
 
     def choose_plan(num_blocks: int) -> LayerPlan:
+        if plan is not None and preset is not None:
+            raise LayerPlanError(f"give either a LayerPlan or preset '{preset}', not both")
         if plan is not None:
             if plan.num_source_blocks != num_blocks:
                 raise LayerPlanError(f"the layer plan was made for {plan.num_source_blocks} blocks but the model has {num_blocks}; make the plan for this model")
             return plan
-        return make_plan(num_blocks, share_layers=share_layers, pre_layers=pre_layers, fixed_point_layers=fixed_point_layers, post_layers=post_layers, init=init)
+        return make_plan(num_blocks, share_layers=share_layers, pre_layers=pre_layers, fixed_point_layers=fixed_point_layers, post_layers=post_layers, init=init, preset=preset)
 
     if isinstance(model, MaskedGenerativeModel):
         if load_options:

@@ -25,6 +25,7 @@ def convert(
     pre_layers: Optional[str] = typer.Option(None, help="Explicit plan: blocks kept before the fixed point, e.g. 0 (empty string for none)."),
     fixed_point_layers: Optional[str] = typer.Option(None, help="Explicit plan: the range the shared block is taken from, e.g. 5."),
     post_layers: Optional[str] = typer.Option(None, help="Explicit plan: blocks kept after the fixed point, e.g. 11 (empty string for none)."),
+    preset: Optional[str] = typer.Option(None, help="Named layer plan instead of ranges: fp-maskgit (first 4 and last 4 blocks kept, the blocks between them shared, as in arXiv 2605.31215)."),
     init: Optional[str] = typer.Option(None, help="Shared block weights: first, middle, last or mean of the fixed-point range, or a block index; with --layer-plan auto also central (default: first, or the plan file's)."),
     injection: str = typer.Option("fpdm", help="Input injection: fpdm (as in arXiv 2605.31215), add (zero-initialised, exact at conversion) or none."),
     num_iterations: Optional[int] = typer.Option(None, min=1, help="Default fixed-point iterations per denoising step [default: blocks replaced by the shared block]."),
@@ -53,7 +54,7 @@ def convert(
     if output.exists() and not overwrite:
         with atomic_directory(output, overwrite=False):
             pass
-    _check_plan_options(layer_plan, data, share_layers, pre_layers, fixed_point_layers, post_layers)
+    _check_plan_options(layer_plan, data, share_layers, pre_layers, fixed_point_layers, post_layers, preset)
     options = {"dtype": dtype} if dtype else {}
     if num_heads is not None:
         options["num_heads"] = num_heads
@@ -84,6 +85,7 @@ def convert(
                 fixed_point_layers=fixed_point_layers,
                 post_layers=post_layers,
                 plan=plan,
+                preset=preset,
                 init=init or "first",
                 injection=injection,
                 num_iterations=num_iterations,
@@ -104,7 +106,7 @@ def _check_plan_options(layer_plan: str | None, data: Path | None, *ranges: str 
     from mgm2fp.errors import ConfigError
 
     if layer_plan is not None and any(value is not None for value in ranges):
-        raise ConfigError("--layer-plan replaces --share-layers and --pre/--fixed-point/--post-layers; give one or the other")
+        raise ConfigError("--layer-plan replaces --preset, --share-layers and --pre/--fixed-point/--post-layers; give one or the other")
     if layer_plan == "auto" and data is None:
         raise ConfigError("--layer-plan auto needs --data: token ids (.npy) or text to run the CKA analysis on")
     if data is not None and layer_plan != "auto":
