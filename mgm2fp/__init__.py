@@ -11,5 +11,7 @@ from mgm2fp.fixed_point.model import FixedPointMGM  # noqa: E402
 from mgm2fp.layer_plan import LayerPlan, make_plan  # noqa: E402
 from mgm2fp.loading import load  # noqa: E402
 from mgm2fp.surgery import convert  # noqa: E402
+from mgm2fp.sampling import SampleResult, register_sampler, sample  # noqa: E402
 
 __all__ = ["FixedPointMGM", "LayerPlan", "MaskedGenerativeModel", "Mgm2fpError", "convert", "load", "make_plan", "save_pretrained", "__version__"]
+__all__ += ["SampleResult", "register_sampler", "sample"]
