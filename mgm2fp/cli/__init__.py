@@ -8,6 +8,7 @@ import typer
 
 from mgm2fp.cli.common import CliState, app, err_console, setup_logging
 from mgm2fp.cli import convert as _convert  # noqa: F401  (registers commands)
+from mgm2fp.cli import sample as _sample  # noqa: F401
 
 
 @app.callback()
