@@ -75,13 +75,11 @@ def _run_no_grad(step: StepFunction, hidden: torch.Tensor, iterations: int) -> t
 
 
 def _step_active(step: StepFunction, subset_step: SubsetStepFunction | None, hidden: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """Apply the step to the unfinished samples; finished samples keep their state.
+    """Apply the step to the unfinished samples (some have finished); finished samples keep their state.
 
     With ``subset_step`` the block runs on the unfinished samples only, which saves their share of
     the compute. Without it the whole batch runs and the finished rows are restored afterwards.
     """
-    if bool(active.all()):
-        return step(hidden)
     if subset_step is not None:
         index = active.nonzero().squeeze(1)  # [n]
         return hidden.index_copy(0, index, subset_step(hidden.index_select(0, index), index))
@@ -113,8 +111,9 @@ def picard(
     per_sample = torch.full((batch,), no_grad_iterations, dtype=torch.long, device=initial.device)
     iterations = no_grad_iterations
     last_residual = torch.full((batch,), float("nan"), device=initial.device)
+    remaining = batch  # unfinished samples; the one host synchronisation per iteration updates it
     for _ in range(num_iterations):
-        new_hidden = step(hidden) if tolerance is None else _step_active(step, subset_step, hidden, active)
+        new_hidden = step(hidden) if remaining == batch else _step_active(step, subset_step, hidden, active)
         iterations += 1
         per_sample += active.long()
         if tolerance is not None or track_residuals:
@@ -122,11 +121,12 @@ def picard(
             # A finished sample did not move, so report the residual at which it stopped.
             last_residual = torch.where(active, residual, last_residual)
             residuals.append(last_residual)
+        hidden = new_hidden
         if tolerance is not None:
             active = active & (last_residual >= tolerance)
-        hidden = new_hidden
-        if tolerance is not None and not bool(active.any()):
-            break
+            remaining = int(active.sum())
+            if remaining == 0:
+                break
     return SolverResult(solution=hidden, iterations=iterations, iterations_per_sample=per_sample, residuals=residuals)
 
 
@@ -196,8 +196,9 @@ def _anderson_loop(
     last_residual = torch.full((batch,), float("nan"), device=device)
     residuals: list[torch.Tensor] = []
     iterations = 0
+    remaining = batch  # unfinished samples; the one host synchronisation per iteration updates it
     for k in range(num_iterations):
-        all_active = tolerance is None or bool(active.all())
+        all_active = remaining == batch
         index = torch.arange(batch, device=device) if all_active else active.nonzero().squeeze(1)  # [n]
         x = current if all_active else current.index_select(0, index)  # [n, N]
         inputs = x.reshape(-1, *shape[1:]).to(dtype)
@@ -227,7 +228,8 @@ def _anderson_loop(
             residuals.append(last_residual)
         if tolerance is not None:
             active = active & (last_residual >= tolerance)
-            if not bool(active.any()):
+            remaining = int(active.sum())
+            if remaining == 0:
                 break
     solution = current.reshape(shape).to(dtype)
     return SolverResult(solution=solution, iterations=iterations, iterations_per_sample=per_sample, residuals=residuals)
