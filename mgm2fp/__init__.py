@@ -11,6 +11,21 @@ from mgm2fp.fixed_point.model import FixedPointMGM  # noqa: E402
 from mgm2fp.layer_plan import LayerPlan, make_plan  # noqa: E402
 from mgm2fp.loading import load  # noqa: E402
 from mgm2fp.surgery import convert  # noqa: E402
+from mgm2fp.sampling import SampleResult, register_sampler, sample  # noqa: E402
 from mgm2fp.training.engine import finetune  # noqa: E402
 
-__all__ = ["FixedPointMGM", "LayerPlan", "MaskedGenerativeModel", "Mgm2fpError", "convert", "finetune", "load", "make_plan", "save_pretrained", "__version__"]
+__all__ = [
+    "FixedPointMGM",
+    "LayerPlan",
+    "MaskedGenerativeModel",
+    "Mgm2fpError",
+    "SampleResult",
+    "convert",
+    "finetune",
+    "load",
+    "make_plan",
+    "register_sampler",
+    "sample",
+    "save_pretrained",
+    "__version__",
+]

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from safetensors.torch import save_file
@@ -56,6 +56,29 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     os.replace(temporary, target)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | Path, *, overwrite: bool = False) -> Iterator[TextIO]:
+    """Yield a text handle whose file replaces ``path`` only when the block finishes without error.
+
+    Raises:
+        OutputExistsError: when ``path`` exists and ``overwrite`` is false, or is a folder.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise OutputExistsError(f"output '{target}' is a folder; choose a file path")
+    if target.exists() and not overwrite:
+        raise OutputExistsError(f"output '{target}' already exists; choose another path or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            yield handle
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    os.replace(temporary, target)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -18,7 +18,7 @@ MDLM_TINY = FIXTURES / "mdlm-tiny"
 HALTON_TINY = FIXTURES / "halton-maskgit-tiny"
 MASKGIT_V1_TINY = FIXTURES / "maskgit-v1-tiny"
 
-torch.set_num_threads(1)
+torch.set_num_threads(1)  # tiny models: one thread is fastest, and avoids contention on shared CI cores
 
 
 def populate_hub_cache(hf_home: Path, repo_id: str, files: dict[str, Path], commit: str = "0123456789abcdef0123456789abcdef01234567", branch: str = "main") -> Path:

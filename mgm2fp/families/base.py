@@ -107,6 +107,15 @@ class MaskedGenerativeModel(nn.Module):
             states.append(hidden)
         return states
 
+    def select_context(self, context: Any, index: torch.Tensor) -> Any:
+        """Return the context of the samples ``index`` ``[n]`` of the batch, or None when it cannot be subset.
+
+        The fixed-point solver uses it to run the shared block on the unfinished samples only. A
+        family supports it by giving its context a ``select(index)`` method.
+        """
+        select = getattr(context, "select", None)
+        return select(index) if callable(select) else None
+
     def num_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
 

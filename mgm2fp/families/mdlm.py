@@ -34,6 +34,10 @@ class MDLMContext:
     rotary_cos: torch.Tensor  # [L, d_head]
     rotary_sin: torch.Tensor  # [L, d_head]
 
+    def select(self, index: torch.Tensor) -> "MDLMContext":
+        """Return the context of the samples ``index`` ``[n]`` (the rotary tables are shared)."""
+        return MDLMContext(self.conditioning.index_select(0, index), self.rotary_cos, self.rotary_sin)
+
 
 def layer_norm_no_bias(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """LayerNorm without bias, computed in float32 and then scaled, as the release does."""

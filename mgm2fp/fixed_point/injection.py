@@ -1,9 +1,10 @@
 """Input injection: how the fixed-point block sees the output of the pre blocks.
 
-Each injection has ``prepare(h_pre) -> h_inj`` (the projection G, run once per denoising step)
-and ``forward(h, h_inj) -> x`` (run before the shared block at every iteration), so one
-iteration is ``h <- block(injection(h, h_inj))``. Forms, from arXiv 2605.31215 and FPDM
-(Bai-style fixed-point diffusion models):
+Each injection has ``prepare(h_pre)`` (run once per denoising step) and ``forward(h, prepared)``
+(run before the shared block at every iteration), so one iteration is
+``h <- block(injection(h, prepared))``. ``prepare`` computes the projection G and every term that
+does not depend on ``h``, so an iteration costs only the part of the injection that does.
+Forms, from arXiv 2605.31215 and FPDM (Bai-style fixed-point diffusion models):
 
 - ``add``: ``x = h + W h_inj`` with ``W`` zero-initialised. A one-block range iterated once
   reproduces the source model exactly.
@@ -43,10 +44,11 @@ class AdditiveInjection(nn.Module):
         nn.init.zeros_(self.proj.weight)
 
     def prepare(self, h_pre: torch.Tensor) -> torch.Tensor:
-        return h_pre
+        """Return ``W h_pre`` ``[B, L, D]``, which is the same at every iteration."""
+        return self.proj(h_pre)
 
-    def forward(self, hidden: torch.Tensor, h_inj: torch.Tensor) -> torch.Tensor:
-        return hidden + self.proj(h_inj)
+    def forward(self, hidden: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        return hidden + prepared
 
 
 class FPDMInjection(nn.Module):
@@ -79,10 +81,18 @@ class FPDMInjection(nn.Module):
         self.fc2.bias.zero_()
 
     def prepare(self, h_pre: torch.Tensor) -> torch.Tensor:
-        return self.input_proj(h_pre)
+        """Return the ``h_inj`` half of ``fc1`` plus its bias, ``[B, L, 2D]``.
 
-    def forward(self, hidden: torch.Tensor, h_inj: torch.Tensor) -> torch.Tensor:
-        mixed = self.fc1(torch.cat([hidden, h_inj], dim=-1))  # [B, L, 2D]
+        ``fc1(concat(h, h_inj)) = W1[:, :D] h + (W1[:, D:] h_inj + b1)``, and the bracket is the
+        same at every iteration, so it is computed once per denoising step.
+        """
+        dim = self.fc2.out_features
+        h_inj = self.input_proj(h_pre)  # [B, L, D]
+        return F.linear(h_inj, self.fc1.weight[:, dim:], self.fc1.bias)  # [B, L, 2D]
+
+    def forward(self, hidden: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
+        dim = self.fc2.out_features
+        mixed = F.linear(hidden, self.fc1.weight[:, :dim]) + prepared  # [B, L, 2D]
         return self.fc2(F.gelu(mixed, approximate="tanh"))  # [B, L, D]
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from mgm2fp.families.base import MaskedGenerativeModel
 from mgm2fp.fixed_point.injection import build_injection
-from mgm2fp.fixed_point.solver import SolverResult, picard
+from mgm2fp.fixed_point.solver import SolverResult, get_solver
 from mgm2fp.layer_plan import LayerPlan
 
 logger = logging.getLogger(__name__)
@@ -150,8 +150,10 @@ class FixedPointMGM(MaskedGenerativeModel):
         The solver starts from ``h_pre`` unless ``initial_state`` is given. With
         ``warm_start_weight`` (a per-token gamma ``[B, L]`` or a float), it starts from
         ``gamma * initial_state + (1 - gamma) * h_pre``, the warm start of three-state reuse.
-        ``solver`` replaces Picard iteration with any callable of the same signature as
-        :func:`mgm2fp.fixed_point.solver.picard`.
+        ``solver`` is ``"picard"`` (the default), ``"anderson"`` or any callable with the signature
+        of :func:`mgm2fp.fixed_point.solver.picard`. With ``tolerance`` the solver also receives a
+        ``subset_step`` that runs the shared block on the unfinished samples only, provided that
+        the family's context can be subset (see :meth:`select_context`).
         """
         iterations = self.num_iterations if num_iterations is None else int(num_iterations)
         hidden, context = self.embed(tokens, *condition)
@@ -165,22 +167,35 @@ class FixedPointMGM(MaskedGenerativeModel):
             gamma = warm_start_weight
             if torch.is_tensor(gamma) and gamma.ndim == 2:
                 gamma = gamma[..., None].to(h_pre.dtype)  # [B, L, 1], broadcast over the hidden size
-            start = gamma * initial_state + (1 - gamma) * h_pre
+            start = gamma * initial_state + (1 - gamma) * h_pre  # [B, L, D]
 
-        solve = picard if solver is None else solver
-        result = solve(
+        options = {}
+        if tolerance is not None:
+            options["subset_step"] = self._subset_step(h_inj, context)
+        result = get_solver(solver or "picard")(
             lambda state: self.fixed_point_step(state, h_inj, context),
             start,
             num_iterations=iterations,
             no_grad_iterations=no_grad_iterations,
             tolerance=tolerance,
             track_residuals=track_residuals,
+            **options,
         )
         hidden = result.solution
         for block in self.post_blocks:
             hidden = self.run_block(block, hidden, context)
         logits = self.head(hidden, context)
         return FixedPointOutput(logits=logits, solution=result.solution, h_pre=h_pre, hidden=hidden, solver=result)
+
+    def _subset_step(self, h_inj: torch.Tensor, context: Any) -> Any:
+        """Return ``step(state, index)`` for the samples ``index`` only, or None when the context cannot be subset."""
+        if self.select_context(context, torch.zeros(1, dtype=torch.long, device=h_inj.device)) is None:
+            return None
+
+        def subset_step(state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return self.fixed_point_step(state, h_inj.index_select(0, index), self.select_context(context, index))
+
+        return subset_step
 
     def forward(self, tokens: torch.Tensor, *condition: Any, num_iterations: int | None = None, initial_state: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_with_state(tokens, *condition, num_iterations=num_iterations, initial_state=initial_state).logits

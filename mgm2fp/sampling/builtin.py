@@ -1,0 +1,3 @@
+"""Import every built-in sampler so that each registers itself."""
+
+from mgm2fp.sampling import mdlm  # noqa: F401
