@@ -11,6 +11,7 @@ from mgm2fp.cli import convert as _convert  # noqa: F401  (registers commands)
 from mgm2fp.cli import push as _push  # noqa: F401
 from mgm2fp.cli import analyze as _analyze  # noqa: F401  (registers commands)
 from mgm2fp.cli import finetune as _finetune  # noqa: F401
+from mgm2fp.cli import evaluate as _evaluate  # noqa: F401
 from mgm2fp.cli import decode as _decode  # noqa: F401  (registers commands)
 from mgm2fp.cli import sample as _sample  # noqa: F401
 

@@ -25,6 +25,7 @@ def evaluate(
     steps: Optional[int] = typer.Option(None, min=1, help="Number of denoising steps [default: derived from the budget]."),
     seed: int = typer.Option(0, help="Random seed of the sampler."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Samples drawn per sampling call [default: all at once]."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer that decodes the samples, a hub name or folder (default: the model's own)."),
     reference_text: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Text file scored by the evaluator as a reference perplexity."),
     device: str = typer.Option("cpu", help="Device for the model and the evaluator, e.g. cuda."),
     output: Path = typer.Option(..., "--output", "-o", help="JSON file for the results."),
@@ -59,6 +60,7 @@ def evaluate(
             steps=steps,
             seed=seed,
             batch_size=batch_size,
+            tokenizer=tokenizer,
             on_budget=lambda _: progress.advance(task),
         )
 

@@ -73,18 +73,19 @@ def evaluate_budgets(
     seed: int = 0,
     batch_size: int | None = None,
     num_examples: int = 2,
+    tokenizer: Any = None,
     on_budget: Callable[[BudgetResult], None] | None = None,
     **sample_options: Any,
 ) -> list[BudgetResult]:
     """Sample ``model`` at each budget and score the samples with ``evaluator``.
 
     ``batch_size`` splits ``num_samples`` into several sampling calls (each with its own seed
-    offset), which bounds memory. Returns one :class:`BudgetResult` per budget, in order.
+    offset), which bounds memory. ``tokenizer`` decodes the samples (default: the model's own). Returns one :class:`BudgetResult` per budget, in order.
     """
     from mgm2fp.sampling import sample
     from mgm2fp.tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(model)
+    tokenizer = load_tokenizer(model, tokenizer, required=True)
     batch_size = batch_size or num_samples
     results = []
     for budget in budgets:
@@ -105,7 +106,7 @@ def evaluate_budgets(
             tokens_per_second=num_samples * seq_len / seconds if seconds > 0 else math.inf,
             seconds=seconds,
             num_steps=last.num_steps,
-            iterations=list(last.iterations),
+            iterations=list(last.iterations or []),
             num_samples=num_samples,
             seq_len=seq_len,
             reuse=reuse,

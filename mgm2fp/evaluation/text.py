@@ -25,13 +25,18 @@ DEFAULT_EVALUATOR = "gpt2-large"
 
 
 def unigram_entropy(tokens: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of each sample's token histogram, ``[B]`` for ``tokens`` ``[B, L]``."""
+    """Entropy in nats of each sample's empirical token distribution, ``[B]`` from tokens ``[B, L]``.
+
+    Low values flag repetitive samples, which can fake a low generative perplexity.
+    """
+    if tokens.ndim != 2:
+        raise ValueError(f"unigram_entropy expects tokens of shape [B, L], got {tuple(tokens.shape)}")
     entropies = []
     for row in tokens:
         _, counts = torch.unique(row, return_counts=True)
         probabilities = counts.double() / counts.sum()
         entropies.append(-(probabilities * probabilities.log()).sum())
-    return torch.stack(entropies).float()
+    return torch.stack(entropies).float() if entropies else torch.zeros(0)
 
 
 @dataclass

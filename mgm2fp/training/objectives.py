@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mgm2fp.evaluation.text import unigram_entropy  # noqa: F401  (re-exported for the trainer)
 from mgm2fp.families.mdlm import NEG_INFINITY, subs_log_probs
 
 
@@ -173,18 +174,3 @@ def sample_jfb_iterations(no_grad_range: tuple[int, int], grad_range: tuple[int,
     no_grad = int(torch.randint(no_grad_range[0], no_grad_range[1] + 1, (1,), generator=generator).item())
     grad = int(torch.randint(grad_range[0], grad_range[1] + 1, (1,), generator=generator).item())
     return no_grad, grad
-
-
-def unigram_entropy(tokens: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of each sample's empirical token distribution, ``[B]`` from tokens ``[B, L]``.
-
-    Low values flag repetitive samples, which can fake a low generative perplexity.
-    """
-    if tokens.ndim != 2:
-        raise ValueError(f"unigram_entropy expects tokens of shape [B, L], got {tuple(tokens.shape)}")
-    entropies = []
-    for row in tokens:
-        _, counts = torch.unique(row, return_counts=True)
-        probs = counts.double() / counts.sum()
-        entropies.append(-(probs * probs.log()).sum())
-    return torch.stack(entropies).float() if entropies else torch.zeros(0)
