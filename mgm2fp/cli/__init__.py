@@ -14,6 +14,7 @@ from mgm2fp.cli import finetune as _finetune  # noqa: F401
 from mgm2fp.cli import evaluate as _evaluate  # noqa: F401
 from mgm2fp.cli import decode as _decode  # noqa: F401  (registers commands)
 from mgm2fp.cli import sample as _sample  # noqa: F401
+from mgm2fp.cli import quickstart as _quickstart  # noqa: F401
 
 
 @app.callback()

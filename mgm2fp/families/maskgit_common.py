@@ -136,7 +136,7 @@ def load_pth_model(
 
     if callable(keep_blocks):
         keep_blocks = keep_blocks(model.num_blocks)
-    target_dtype = parse_dtype(dtype)
+    target_dtype = parse_dtype(dtype) or torch.float32
     kept = {}
     for key, tensor in state_dict.items():
         match = BLOCK_KEY.match(key)

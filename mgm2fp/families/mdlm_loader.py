@@ -89,7 +89,8 @@ def load(
     Raises:
         CheckpointError: for corrupt weights or weights that disagree with the config.
     """
-    dtype = parse_dtype(dtype)
+    # Half-precision files (a common way to ship small models) compute in float32 unless asked.
+    dtype = parse_dtype(dtype) or torch.float32
     reader = SafetensorsReader(_weights_path(resolved))
     config = dict(resolved.config) if resolved.config is not None else infer_config(reader, num_heads)
     if num_heads is not None:

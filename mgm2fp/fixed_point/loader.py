@@ -83,7 +83,7 @@ def load(resolved: ResolvedSource, *, dtype: str | torch.dtype | None = None, de
     with torch.device("meta"):
         model = build_fixed_point_model(config)
     check_shapes(expected_shapes(model), reader.shapes, source=str(weights), hint="use the config.json saved with these weights")
-    state_dict = reader.read_many({key: key for key in reader.keys}, parse_dtype(dtype))
+    state_dict = reader.read_many({key: key for key in reader.keys}, parse_dtype(dtype) or torch.float32)
     model.load_state_dict(state_dict, strict=True, assign=True)
     if num_iterations is not None:
         model.num_iterations = int(num_iterations)
