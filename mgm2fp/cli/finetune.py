@@ -44,11 +44,10 @@ def recipe_parameters() -> list[inspect.Parameter]:
         kind = _option_type(field.annotation)
         flag = "--" + name.replace("_", "-")
         declarations = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
-        # Square brackets are rich markup in typer's help, so they are escaped.
-        help_text = (field.description or "").replace("[", "\\[")
+        help_text = field.description or ""
         default = field.get_default(call_default_factory=True)
         if default not in (None, [], ()):
-            help_text += f" \\[recipe default: {default}]"
+            help_text += f" [recipe default: {default}]"
         option = typer.Option(None, *declarations, help=help_text, show_default=False, rich_help_panel="Recipe fields")
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind]))
     return parameters
@@ -134,11 +133,11 @@ def _build_signature() -> inspect.Signature:
         inspect.Parameter("resume_from", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--resume-from", help="Continue from this checkpoint folder (output/checkpoints/step-N)."), annotation=Optional[Path]),
         inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(False, "--overwrite", help="Delete an earlier run in --output and start over."), annotation=bool),
         inspect.Parameter("lora_rank", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-rank", help="Train LoRA adapters of this rank on the shared block instead of the full model.", rich_help_panel="LoRA"), annotation=Optional[int]),
-        inspect.Parameter("lora_alpha", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-alpha", help="LoRA alpha (the update is scaled by alpha / rank) \\[default: 16].", rich_help_panel="LoRA"), annotation=Optional[float]),
-        inspect.Parameter("lora_dropout", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-dropout", help="Dropout on the LoRA input \\[default: 0].", rich_help_panel="LoRA"), annotation=Optional[float]),
-        inspect.Parameter("lora_target", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-target", help="Linear layer of the shared block to adapt, e.g. attn_qkv (repeatable) \\[default: all].", rich_help_panel="LoRA"), annotation=Optional[List[str]]),
-        inspect.Parameter("lora_iterations", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-iterations", help="One adapter per range of solver iterations, e.g. 0-1,2- \\[default: one adapter].", rich_help_panel="LoRA"), annotation=Optional[str]),
-        inspect.Parameter("lora_merge", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-merge/--no-lora-merge", help="Merge a single adapter into the shared block on save \\[default: merge].", rich_help_panel="LoRA"), annotation=Optional[bool]),
+        inspect.Parameter("lora_alpha", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-alpha", help="LoRA alpha (the update is scaled by alpha / rank) [default: 16].", rich_help_panel="LoRA"), annotation=Optional[float]),
+        inspect.Parameter("lora_dropout", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-dropout", help="Dropout on the LoRA input [default: 0].", rich_help_panel="LoRA"), annotation=Optional[float]),
+        inspect.Parameter("lora_target", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-target", help="Linear layer of the shared block to adapt, e.g. attn_qkv (repeatable) [default: all].", rich_help_panel="LoRA"), annotation=Optional[List[str]]),
+        inspect.Parameter("lora_iterations", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-iterations", help="One adapter per range of solver iterations, e.g. 0-1,2- [default: one adapter].", rich_help_panel="LoRA"), annotation=Optional[str]),
+        inspect.Parameter("lora_merge", inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, "--lora-merge/--no-lora-merge", help="Merge a single adapter into the shared block on save [default: merge].", rich_help_panel="LoRA"), annotation=Optional[bool]),
     ]
     return inspect.Signature([*fixed, *recipe_parameters()])
 
