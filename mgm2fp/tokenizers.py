@@ -178,6 +178,13 @@ def _load_folder(folder: Path) -> Any:
     """Load the tokenizer files in ``folder``, whatever subset of the usual files it has."""
     from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast
 
+    if (folder / "tokenizer.json").is_file():
+        # Read the tokenizer files alone: AutoTokenizer would also parse the model's config.json,
+        # which transformers does not know for mgm2fp and MDLM folders (and warns about).
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(str(folder))
+        except (OSError, ValueError, KeyError) as error:
+            logger.debug("PreTrainedTokenizerFast failed on %s (%s); trying AutoTokenizer", folder, error)
     if (folder / "tokenizer_config.json").is_file():
         try:
             return AutoTokenizer.from_pretrained(str(folder))

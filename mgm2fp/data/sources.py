@@ -200,14 +200,15 @@ def _jsonl_documents(file: Path, column: str) -> Iterator[str]:
 
 
 def _tokenized(documents: Iterator[str], tokenizer: Any) -> Iterator[list[int]]:
+    # Documents are longer than the model context before packing, so the length warning is off.
     batch: list[str] = []
     for document in documents:
         batch.append(document)
         if len(batch) == TOKENIZE_BATCH:
-            yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+            yield from tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
             batch = []
     if batch:
-        yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+        yield from tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def _packed_text(make_documents: Callable[[], Iterator[str]], settings: DataSettings, origin: str) -> Callable[[], Iterator[np.ndarray]]:

@@ -1,9 +1,4 @@
-"""The one place where fine-tuning loads a tokenizer for text data.
-
-NOTE: ``mgm2fp.tokenizers.load_tokenizer`` (the project-wide resolver) is used when it exists;
-until then a tokenizer folder or hub id is loaded with ``AutoTokenizer.from_pretrained`` without
-``trust_remote_code``. Once that module is on every branch, the fallback can go.
-"""
+"""The one place where fine-tuning loads a tokenizer for text data, through ``mgm2fp.tokenizers``."""
 
 from __future__ import annotations
 
@@ -12,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mgm2fp.errors import ConfigError
-from mgm2fp.saving import TOKENIZER_FILES
+from mgm2fp.tokenizers import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -21,31 +16,11 @@ def resolve_tokenizer(model: Any, tokenizer: Any = None) -> Any:
     """Return the tokenizer for ``model``: ``tokenizer`` (an object, folder or hub id) or the model's own.
 
     Raises:
-        ConfigError: when no tokenizer is given and the model's folder has none.
+        SourceNotFoundError: when no tokenizer is given and none is known for the model.
     """
     if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
         return tokenizer
-    try:
-        from mgm2fp.tokenizers import load_tokenizer  # type: ignore[import-not-found]
-    except ImportError:
-        load_tokenizer = None
-    if load_tokenizer is not None:
-        return load_tokenizer(model, tokenizer=None if tokenizer is None else str(tokenizer))
-
-    from transformers import AutoTokenizer
-
-    source = tokenizer
-    if source is None:
-        folder = getattr(model, "source_folder", None)
-        if folder is not None and any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):
-            source = folder
-    if source is None:
-        raise ConfigError("text data needs a tokenizer and the model's folder has none; pass --tokenizer FOLDER_OR_HUB_ID (gpt2 for kuleshov-group/mdlm-owt)")
-    logger.info("loading tokenizer %s", source)
-    try:
-        return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"could not load tokenizer '{source}': {error}; pass --tokenizer with a folder that contains tokenizer.json or vocab files") from error
+    return load_tokenizer(model, tokenizer=None if tokenizer is None else str(tokenizer), required=True)
 
 
 def special_token_ids(tokenizer: Any) -> tuple[int, int]:
