@@ -66,7 +66,9 @@ def test_consistency_averages_over_student_masked_positions():
     cleaner = torch.ones(2, 4, 3)
     cleaner[x_student != MASK] = 100.0  # visible positions must not count
     loss = consistency_loss(student, cleaner, x_student, mask_token_id=MASK)
-    assert loss.item() == pytest.approx(3.0)  # squared norm over D=3 of a unit difference
+    assert loss.item() == pytest.approx(1.0)  # mean over D=3 of a unit squared difference
+    summed = consistency_loss(student, cleaner, x_student, mask_token_id=MASK, reduction="sum")
+    assert summed.item() == pytest.approx(3.0)  # squared norm over D=3
 
 
 def test_consistency_stops_gradient_on_cleaner_branch():

@@ -212,7 +212,7 @@ class Trainer:
     def _build_optimisation(self) -> None:
         recipe = self.recipe
         accelerator = self.accelerator
-        self.objective = TrainingObjective(self.model, schedule=self.schedule)
+        self.objective = TrainingObjective(self.model, schedule=self.schedule, consistency_reduction=recipe.consistency_reduction)
         parameters = [parameter for parameter in self.objective.parameters() if parameter.requires_grad]
         if not parameters:
             raise ConfigError("the model has no trainable parameter; check the lora settings")
@@ -376,7 +376,8 @@ class Trainer:
         if perplexity <= limit:
             rule.kept_checkpoint, rule.kept_step, rule.kept_perplexity = str(checkpoint), self.step, perplexity
         else:
-            logger.warning("step %d: validation perplexity %.3f is above the stop-rule limit %.3f; keeping step %s", self.step, perplexity, limit, rule.kept_step)
+            kept = f"step {rule.kept_step}" if rule.kept_step is not None else "no checkpoint of this stage yet"
+            logger.warning("step %d: validation perplexity %.3f is above the stop-rule limit %.3f; keeping %s", self.step, perplexity, limit, kept)
 
     # Training --------------------------------------------------------------------------------
 

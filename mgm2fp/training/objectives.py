@@ -144,16 +144,20 @@ def distillation_kl(
     return temperature**2 * mean_kl
 
 
-def consistency_loss(student_hidden: torch.Tensor, cleaner_hidden: torch.Tensor, x_student: torch.Tensor, *, mask_token_id: int) -> torch.Tensor:
+def consistency_loss(student_hidden: torch.Tensor, cleaner_hidden: torch.Tensor, x_student: torch.Tensor, *, mask_token_id: int, reduction: str = "mean") -> torch.Tensor:
     """Cross-step consistency ``mean_{i student-masked} ||h_s(i) - stopgrad(h_c(i))||^2`` (arXiv 2605.31215).
 
     ``student_hidden`` and ``cleaner_hidden`` are the final pre-logit hidden states ``[B, L, D]``
-    of the student (noisier) and cleaner inputs. The squared norm is summed over the hidden size
-    and averaged over the positions masked in ``x_student`` ``[B, L]``. No gradient reaches the
-    cleaner branch.
+    of the student (noisier) and cleaner inputs. Over the hidden size the squared difference is
+    averaged (``reduction="mean"``, the MSE that the paper's ablation names) or summed (``"sum"``,
+    D times larger), then averaged over the positions masked in ``x_student`` ``[B, L]``. No
+    gradient reaches the cleaner branch.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"unknown reduction '{reduction}'; use mean or sum")
     difference = student_hidden.float() - cleaner_hidden.detach().float()  # [B, L, D]
-    per_position = difference.pow(2).sum(dim=-1)  # [B, L]
+    squared = difference.pow(2)
+    per_position = squared.mean(dim=-1) if reduction == "mean" else squared.sum(dim=-1)  # [B, L]
     student_masked = (x_student == mask_token_id).to(per_position.dtype)
     return (per_position * student_masked).sum() / student_masked.sum().clamp_min(1)
 

@@ -94,6 +94,7 @@ class Recipe(BaseModel):
     distill_temperature: float = Field(1.5, gt=0, description="Softmax temperature tau of the KL term (the loss is scaled by tau^2).")
     consistency_weight: float = Field(0.0, ge=0, description="Final weight of the cross-step consistency MSE (0.1 in arXiv 2605.31215).")
     consistency_warmup_steps: int = Field(0, ge=0, description="Steps over which the consistency weight rises linearly from 0.")
+    consistency_reduction: Literal["mean", "sum"] = Field("mean", description="Over the hidden size: mean (MSE) or sum (squared norm, hidden-size times larger) of the squared difference.")
 
     # Data
     text_column: str = Field("text", description="Column holding the text of a Hugging Face dataset.")

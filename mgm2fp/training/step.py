@@ -65,10 +65,11 @@ def make_inputs(x0: torch.Tensor, *, mask_token_id: int, schedule: LogLinearSche
 class TrainingObjective(nn.Module):
     """The model under training plus its loss computation, as one module for accelerate to wrap."""
 
-    def __init__(self, model: MaskedGenerativeModel, *, schedule: LogLinearSchedule | None = None) -> None:
+    def __init__(self, model: MaskedGenerativeModel, *, schedule: LogLinearSchedule | None = None, consistency_reduction: str = "mean") -> None:
         super().__init__()
         self.model = model
         self.schedule = schedule or LogLinearSchedule()
+        self.consistency_reduction = consistency_reduction
 
     def forward(
         self,
@@ -95,7 +96,7 @@ class TrainingObjective(nn.Module):
             total_iterations = None if num_iterations is None else num_iterations + no_grad_iterations
             with torch.no_grad():
                 _, cleaner_hidden = model_outputs(self.model, inputs.x_cleaner, self.schedule.sigma(inputs.t_cleaner), num_iterations=total_iterations)
-            terms["consistency"] = consistency_loss(hidden, cleaner_hidden, inputs.x_student, mask_token_id=mask_id)
+            terms["consistency"] = consistency_loss(hidden, cleaner_hidden, inputs.x_student, mask_token_id=mask_id, reduction=self.consistency_reduction)
         return terms
 
 
