@@ -1,0 +1,1 @@
+"""Corpora and data loading for pre-training, fine-tuning and evaluation."""
