@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-repeats", type=int, default=2, help="noise draws per validation sequence")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    parser.add_argument("--stop-at-step", type=int, default=None, help="write a checkpoint and exit at this step, keeping the schedule of --max-steps (continue with --resume)")
     parser.add_argument("--save-to", type=Path, default=None, help="folder of the final model (default OUTPUT/mdlm)")
     parser.add_argument("--save-dtype", default="fp16", help="dtype of the final model.safetensors")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def packed_tokens(corpus: Path, split: str, tokenizer, cache_folder: Path) -> np.ndarray:
-    """Token ids of every document of ``split``, each followed by EOS, as one uint16 array (cached)."""
+    """Tokenize every document of ``split``, each followed by EOS, into one uint16 array (cached in ``cache_folder``)."""
     cache = cache_folder / f"tokens-{split}.npy"
     if cache.is_file():
         return np.load(cache)
@@ -91,16 +92,16 @@ def packed_tokens(corpus: Path, split: str, tokenizer, cache_folder: Path) -> np
 
 
 def random_windows(tokens: np.ndarray, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    """``batch`` windows of ``length`` tokens at uniform random offsets of the packed stream: ``[B, L]``."""
+    """Cut ``batch`` windows of ``length`` tokens at uniform random offsets of the packed stream: ``[B, L]``."""
     starts = torch.randint(0, len(tokens) - length + 1, (batch,), generator=generator).tolist()
     return torch.from_numpy(np.stack([tokens[start : start + length] for start in starts]).astype(np.int64))
 
 
 def validation_windows(tokens: np.ndarray, count: int, length: int) -> torch.Tensor:
-    """``count`` non-overlapping windows spread evenly over the validation stream: ``[N, L]``."""
+    """Cut ``count`` non-overlapping windows spread evenly over the validation stream: ``[N, L]``."""
     available = len(tokens) // length
     if available == 0:
-        raise SystemExit(f"validation split has {len(tokens)} tokens, fewer than one sequence of {length}; use a larger --validation-fraction")
+        raise SystemExit(f"validation split has {len(tokens)} tokens, fewer than one sequence of {length}; rebuild the corpus with a larger validation fraction")
     chosen = np.linspace(0, available - 1, num=min(count, available)).astype(np.int64)
     return torch.from_numpy(np.stack([tokens[i * length : (i + 1) * length] for i in chosen]).astype(np.int64))
 
@@ -163,7 +164,7 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
 
 
 def diffusion_loss(model: MDLMDiT, x0: torch.Tensor, generator: torch.Generator, schedule: LogLinearSchedule) -> torch.Tensor:
-    """One Monte Carlo estimate of the MDLM negative ELBO (nats per token) on ``x0`` ``[B, L]``."""
+    """Estimate the MDLM negative ELBO (nats per token) of ``x0`` ``[B, L]`` with one noise draw per sequence."""
     t = sample_times(x0.shape[0], eps=schedule.eps, antithetic=True, generator=generator)  # [B]
     xt = mask_tokens(x0, schedule.move_chance(t), model.mask_token_id, generator=generator)  # [B, L]
     logits = model(xt, schedule.sigma(t))  # [B, L, V]
@@ -172,7 +173,7 @@ def diffusion_loss(model: MDLMDiT, x0: torch.Tensor, generator: torch.Generator,
 
 @torch.no_grad()
 def evaluate(model: MDLMDiT, windows: torch.Tensor, *, repeats: int, batch_size: int, seed: int, schedule: LogLinearSchedule) -> float:
-    """Mean negative ELBO (nats per token) over ``windows`` with fixed noise, so evaluations compare."""
+    """Average the negative ELBO (nats per token) over ``windows``, with the same noise at every evaluation."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -225,8 +226,8 @@ def append_metrics(path: Path, record: dict) -> None:
 # Main loop ----------------------------------------------------------------------------------------
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Run the training described by ``args``; return the folder of the final model."""
+def train(args: argparse.Namespace) -> Path | None:
+    """Run the training described by ``args``; return the folder of the final model (None after ``--stop-at-step``)."""
     from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)
@@ -285,6 +286,10 @@ def train(args: argparse.Namespace) -> Path:
         if time.monotonic() - last_checkpoint >= args.checkpoint_minutes * 60 or last_step:
             save_checkpoint(checkpoint_path, model=unwrapped, optimizer=optimizer, scheduler=scheduler, step=step, data_generator=data_generator, noise_generator=noise_generator, elapsed=elapsed)
             last_checkpoint = time.monotonic()
+        if args.stop_at_step is not None and step >= args.stop_at_step and not last_step:
+            save_checkpoint(checkpoint_path, model=unwrapped, optimizer=optimizer, scheduler=scheduler, step=step, data_generator=data_generator, noise_generator=noise_generator, elapsed=elapsed)
+            logger.info("stopped at step %d as requested; continue with --resume", step)
+            return None
 
     unwrapped.eval()
     final = save_mdlm_checkpoint(unwrapped, args.save_to or args.output / "mdlm", tokenizer=tokenizer, dtype=args.save_dtype)

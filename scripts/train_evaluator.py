@@ -85,7 +85,7 @@ def build_model(args: argparse.Namespace, tokenizer):
 
 @torch.no_grad()
 def perplexity(model, tokens: np.ndarray, context: int, batch_size: int) -> tuple[float, int]:
-    """Next-token perplexity over non-overlapping windows of ``context`` tokens; also returns the token count."""
+    """Compute the next-token perplexity over non-overlapping windows of ``context`` tokens and the number of predicted tokens."""
     was_training = model.training
     model.eval()
     count = len(tokens) // context

@@ -1,10 +1,10 @@
 """Plain-prose corpora from folders of reStructuredText, Markdown or text files, and a BPE tokenizer.
 
-Used to build the tiny-pydocs models (see ``docs/tiny-pydocs.md``): the reStructuredText
-sources of the Python documentation become paragraphs of English prose, documents are split
-into train, validation and held-out sets by a hash of their path (so the split does not depend
-on the order of files or on other documents), and a byte-level BPE tokenizer is trained on the
-train split and saved in the Hugging Face format.
+The tiny-pydocs models (see ``docs/tiny-pydocs.md``) are built from this module. It turns the
+reStructuredText sources of the Python documentation into paragraphs of English prose. It splits
+documents into train, validation and held-out sets by a hash of their path, so the split depends
+neither on the order of files nor on other documents. It trains a byte-level BPE tokenizer on the
+train split and saves it in the Hugging Face format.
 
 Output format: one paragraph per line, documents separated by one blank line.
 """
@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "heldout": "heldout.txt"}
 END_OF_TEXT = "<|endoftext|>"
 
-# Directives whose body is prose. The first group also carries prose on the directive line itself
-# (".. note:: Text"), the second has a version number there, the third a signature that may
-# continue on the following lines up to the first blank line.
+# Directives whose body is prose. Admonitions may also carry prose on the directive line itself
+# (".. note:: Text"). Version directives carry a version number there. Object descriptions carry a
+# signature, which may continue on the following lines up to the first blank line.
 ADMONITION_DIRECTIVES = frozenset(
     {"note", "warning", "seealso", "important", "tip", "caution", "attention", "hint", "danger", "error", "admonition", "impl-detail", "topic", "sidebar", "only", "container"}
 )
@@ -76,9 +76,9 @@ MARKDOWN_INLINE = re.compile(r"!\[[^\]]*\]\([^)]*\)|\[(?P<link>[^\]]+)\]\([^)]*\
 def clean_inline_rst(text: str) -> str:
     """Replace inline reStructuredText markup by its visible text.
 
-    Roles keep their title (``:ref:`text <label>``` becomes ``text``, ``:func:`~a.b``` becomes
-    ``b``); literals, emphasis and hyperlinks keep their text; footnote references and
-    substitutions are dropped; backslash escapes keep the escaped character.
+    Roles keep their title, so ``:ref:`text <label>``` becomes ``text`` and ``:func:`~a.b```
+    becomes ``b``. Literals, emphasis and hyperlinks keep their text. Footnote references and
+    substitutions are dropped. Backslash escapes keep the escaped character.
     """
 
     def replace(match: re.Match[str]) -> str:
@@ -118,7 +118,7 @@ def _indent(line: str) -> int:
 
 
 class _RstParagraphs:
-    """Line-by-line state of :func:`clean_rst`: the paragraph being read and what to skip."""
+    """Line-by-line parser state of :func:`clean_rst`, with the paragraph being read and what to skip."""
 
     def __init__(self) -> None:
         self.paragraphs: list[str] = []
@@ -232,10 +232,10 @@ def _read_explicit_markup(state: _RstParagraphs, stripped: str, indent: int) -> 
 def clean_rst(text: str, *, min_words: int = 4) -> list[str]:
     """Extract the prose paragraphs of a reStructuredText document.
 
-    Drops section titles, code and literal blocks, doctest blocks, tables, comments, link
-    targets, footnotes, field lists and directives other than admonitions, version notes and
-    object descriptions (whose prose bodies are kept); replaces inline markup by its text (see
-    :func:`clean_inline_rst`). Returns one string per paragraph, each on one line.
+    Section titles, code and literal blocks, doctest blocks, tables, comments, link targets,
+    footnotes and field lists are dropped. Directives are dropped too, except admonitions,
+    version notes and object descriptions, whose prose bodies are kept. Inline markup is replaced
+    by its text (see :func:`clean_inline_rst`). Returns one string per paragraph.
     """
     state = _RstParagraphs()
     lines = text.expandtabs(8).splitlines()
@@ -253,8 +253,8 @@ def clean_rst(text: str, *, min_words: int = 4) -> list[str]:
 def clean_markdown(text: str, *, min_words: int = 4) -> list[str]:
     """Extract the prose paragraphs of a Markdown document.
 
-    Drops headings, fenced and indented code blocks, tables and HTML tags; keeps the text of
-    links, emphasis and inline code. Returns one string per paragraph.
+    Headings, fenced and indented code blocks, tables and HTML tags are dropped. Links, emphasis
+    and inline code keep their text. Returns one string per paragraph.
     """
     paragraphs: list[list[str]] = [[]]
     in_fence = False
@@ -292,7 +292,7 @@ def clean_plain_text(text: str, *, min_words: int = 4) -> list[str]:
 
 
 def is_prose(paragraph: str, *, min_words: int = 4, min_letter_fraction: float = 0.6) -> bool:
-    """Whether ``paragraph`` looks like prose: enough words, and mostly letters among non-spaces."""
+    """Return whether ``paragraph`` looks like prose, with enough words and mostly letters among non-spaces."""
     if len(paragraph.split()) < min_words:
         return False
     visible = [character for character in paragraph if not character.isspace()]
@@ -304,7 +304,7 @@ CLEANERS = {"rst": clean_rst, "markdown": clean_markdown, "text": clean_plain_te
 
 
 def document_format(path: Path) -> str | None:
-    """The format of a source file from its name (``.rst``, ``.rst.txt``, ``.md``, ``.txt``), or None."""
+    """Return the format of a source file from its name (``.rst``, ``.rst.txt``, ``.md``, ``.txt``), or None."""
     name = path.name.lower()
     if name.endswith((".rst", ".rst.txt")):
         return "rst"
@@ -330,7 +330,7 @@ def iter_documents(source: str | Path, *, min_words: int = 4) -> Iterator[Docume
     """Yield the cleaned documents under ``source``, in sorted path order, skipping empty ones.
 
     Raises:
-        SourceNotFoundError: when ``source`` is not a folder or holds no supported file.
+        SourceNotFoundError: when ``source`` is not a folder or contains no supported file.
     """
     root = Path(source)
     if not root.is_dir():
@@ -362,7 +362,7 @@ def assign_split(name: str, *, validation_fraction: float, heldout_fraction: flo
 
 @dataclass
 class CorpusStats:
-    """What :func:`build_corpus` wrote: documents, paragraphs and characters per split."""
+    """Summary of a corpus written by :func:`build_corpus`: documents, paragraphs and characters per split."""
 
     source: str
     seed: int
@@ -390,7 +390,7 @@ def build_corpus(
 
     Raises:
         ConfigError: when the fractions are not in [0, 1) or leave no training documents.
-        SourceNotFoundError: when ``source`` holds no supported file.
+        SourceNotFoundError: when ``source`` contains no supported file.
         OutputExistsError: when ``output`` exists and ``overwrite`` is false.
     """
     if not (0 <= validation_fraction < 1 and 0 <= heldout_fraction < 1 and validation_fraction + heldout_fraction < 1):
@@ -401,6 +401,9 @@ def build_corpus(
     if not splits["train"]:
         raise ConfigError(f"no training documents out of {sum(map(len, splits.values()))} under '{source}'; lower the validation and held-out fractions")
 
+    for split in ("validation", "heldout"):
+        if not splits[split] and (validation_fraction if split == "validation" else heldout_fraction) > 0:
+            logger.warning("no document fell into the %s split of '%s'; raise its fraction or add documents", split, source)
     stats = CorpusStats(str(source), seed, validation_fraction, heldout_fraction)
     with atomic_directory(output, overwrite=overwrite) as folder:
         for split, documents in splits.items():

@@ -1,9 +1,9 @@
 """Save an :class:`~mgm2fp.families.mdlm.MDLMDiT` in the kuleshov-group/mdlm-owt checkpoint layout.
 
-The folder holds ``config.json`` with every field of the released config (``model_type: mdlm``,
-``auto_map`` and so on) and ``model.safetensors`` with every tensor under ``backbone.``,
-including the persistent ``rotary_emb.inv_freq`` buffer, so the MDLM loader (and code written
-for the release) reads it like a downloaded release. A tokenizer, when given, is saved beside.
+The folder contains ``config.json`` with every field of the released config (``model_type: mdlm``,
+``auto_map`` and so on) and ``model.safetensors`` with every tensor under ``backbone.``, including
+the persistent ``rotary_emb.inv_freq`` buffer. The MDLM loader, and code written for the release,
+read it like a downloaded release. A tokenizer, when given, is saved in the same folder.
 """
 
 from __future__ import annotations
@@ -41,18 +41,28 @@ def mdlm_release_config(model: MDLMDiT, *, dtype: torch.dtype) -> dict[str, Any]
     for name in SIZE_FIELDS:
         release[name] = config[name]
     release["torch_dtype"] = dtype_name(dtype)
+    release["transformers_version"] = _transformers_version()
     if "mask_token_id" in config and int(config["mask_token_id"]) != int(config["vocab_size"]) - 1:
         release["mask_token_id"] = int(config["mask_token_id"])
     return dict(sorted(release.items()))
+
+
+def _transformers_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformers")
+    except Exception:  # noqa: BLE001 - the field is informative only
+        return "unknown"
 
 
 def save_tokenizer(tokenizer: Any, folder: str | Path) -> None:
     """Save ``tokenizer`` with ``save_pretrained`` in a form that transformers 4.40+ and 5.x both read.
 
     transformers 5 names the generic fast tokenizer class ``TokenizersBackend`` in
-    ``tokenizer_config.json`` and no longer writes ``special_tokens_map.json``; 4.x knows only
-    ``PreTrainedTokenizerFast`` (which 5.x still accepts), so that name is written, and the
-    special-token map is added when missing.
+    ``tokenizer_config.json`` and no longer writes ``special_tokens_map.json``. transformers 4.x
+    accepts only ``PreTrainedTokenizerFast``, which 5.x still accepts too, so that name is written.
+    The special-token map is added when missing.
     """
     folder = Path(folder)
     tokenizer.save_pretrained(str(folder))
@@ -70,11 +80,11 @@ def save_tokenizer(tokenizer: Any, folder: str | Path) -> None:
 
 
 def save_mdlm_checkpoint(model: MDLMDiT, folder: str | Path, *, tokenizer: Any = None, dtype: str | torch.dtype | None = None, overwrite: bool = True) -> Path:
-    """Write ``model`` to ``folder`` in the mdlm-owt layout, atomically; return the folder.
+    """Write ``model`` to ``folder`` in the mdlm-owt layout, atomically, and return the folder.
 
-    ``dtype`` (for example ``"fp16"``) converts the floating-point tensors before writing; the
-    default keeps the model's dtype. ``tokenizer`` (anything with ``save_pretrained``) is saved
-    into the same folder.
+    ``dtype`` (for example ``"fp16"``) converts the floating-point tensors before writing, and
+    the default keeps the model's dtype. ``tokenizer`` (anything with ``save_pretrained``) is
+    saved into the same folder.
 
     Raises:
         ConfigError: for an unknown ``dtype`` name.
