@@ -90,7 +90,8 @@ def test_tokenizer_saved_beside_weights(tmp_path: Path) -> None:
     tokenizer = train_bpe_tokenizer(["a few words of text to train on, repeated words of text"] * 20, tmp_path / "tokenizer", vocab_size=260)
     save_mdlm_checkpoint(random_model(), tmp_path / "mdlm", tokenizer=tokenizer)
 
-    reloaded = AutoTokenizer.from_pretrained(str(tmp_path / "mdlm"))
+    # The release config names custom code in auto_map, so refuse it explicitly instead of being prompted.
+    reloaded = AutoTokenizer.from_pretrained(str(tmp_path / "mdlm"), trust_remote_code=False)
     assert reloaded("words of text")["input_ids"] == tokenizer("words of text")["input_ids"]
     assert (tmp_path / "mdlm" / "special_tokens_map.json").is_file()
 

@@ -74,7 +74,7 @@ def test_pretrain_runs_and_resumes(tiny_corpus: tuple[Path, Path], tmp_path: Pat
     from transformers import AutoTokenizer
 
     model = mgm2fp.load(tmp_path / "resumed" / "mdlm")
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "resumed" / "mdlm"))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "resumed" / "mdlm"), trust_remote_code=False)
     assert model.vocab_size == len(tokenizer) + 1
     assert model.mask_token_id == len(tokenizer)
     assert model.config["model_length"] == 16

@@ -128,7 +128,7 @@ class _RstParagraphs:
         self.skip_until_blank = False  # skip the rest of a directive's argument and option lines
         self.skip_options = False  # skip ":option:" lines right after a directive line
         self.table_border: str | None = None  # inside a simple table until its closing border
-        self.in_grid_table = False
+        self.in_grid_table = False  # inside a grid table until a line that starts with neither + nor |
 
     def start(self, text: str, indent: int) -> None:
         self.flush()
