@@ -3,7 +3,7 @@
 # then the conversion stages. See docs/tiny-pydocs.md for sizes, timings and results.
 #
 # Usage: scripts/build_tiny_pydocs.sh [STAGE...]
-#   Stages, in order: corpus pretrain evaluator convert adapt consistency examples (default: all).
+#   Stages, in order: corpus pretrain evaluator convert adapt consistency examples sweep (default: all).
 # Environment:
 #   RUNS     folder for the corpus, checkpoints, logs and models (default: runs/tiny-pydocs)
 #   SOURCE   documentation sources (default: /usr/share/doc/python3.11/html/_sources,
@@ -24,7 +24,7 @@ EVALUATOR_MINUTES="${EVALUATOR_MINUTES:-35}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1
 PYTHON=(nice -n 10 python)
-STAGES=("${@:-corpus pretrain evaluator convert adapt consistency examples}")
+STAGES=("${@:-corpus pretrain evaluator convert adapt consistency examples sweep}")
 STAGES=(${STAGES[*]})
 
 wants() {
@@ -73,14 +73,43 @@ if wants evaluator; then
         --eval-every 200 --save-dtype fp16 $(resume_flag "$RUNS/evaluator-run")
 fi
 
-# 5-8. Conversion and adaptation: not written yet.
-# TODO: fill in these stages once the conversion recipe for tiny-pydocs is chosen:
-#   convert      python -m mgm2fp convert "$RUNS/mdlm" --output "$RUNS/cofre-init" --share-layers A-B ...
-#   adapt        python -m mgm2fp finetune ... (teacher distillation on $RUNS/corpus/train.txt)
-#   consistency  python -m mgm2fp finetune ... (cross-step consistency loss) -> "$RUNS/cofre"
-#   examples     copy "$RUNS/mdlm", "$RUNS/cofre" and "$RUNS/evaluator" to examples/tiny-pydocs/
-for stage in convert adapt consistency examples; do
-    if wants "$stage"; then
-        echo "stage '$stage' is not written yet; see the TODO in $0" >&2
-    fi
-done
+# 5. Conversion with the mapping of arXiv 2605.31215 (pre 0 | fixed point 5 | post 11), and the
+# CKA analysis with the automatic plan it proposes, for comparison.
+MGM2FP=("${PYTHON[@]}" -m mgm2fp)
+if wants convert; then
+    "${MGM2FP[@]}" convert "$RUNS/mdlm" --pre-layers 0 --fixed-point-layers 5 --post-layers 11 --output "$RUNS/converted" --overwrite
+    "${MGM2FP[@]}" analyze "$RUNS/mdlm" --data "$RUNS/corpus/validation.txt" --num-sequences 32 --output "$RUNS/analysis"
+    "${MGM2FP[@]}" convert "$RUNS/mdlm" --layer-plan "$RUNS/analysis/plan.json" --output "$RUNS/converted-auto" --overwrite
+fi
+
+# 6. Adaptation with the frozen source as teacher (recipes/tiny-pydocs-adapt.yaml), for both plans.
+# ADAPT_STEPS shortens the run (the recipe's 300 steps by default).
+ADAPT_STEPS="${ADAPT_STEPS:-300}"
+if wants adapt; then
+    for plan in "" "-auto"; do
+        resume=()
+        [[ -d "$RUNS/adapted$plan/checkpoints" ]] && resume=(--resume)
+        OMP_NUM_THREADS="$THREADS" "${MGM2FP[@]}" finetune "$RUNS/converted$plan" --recipe "$REPO/recipes/tiny-pydocs-adapt.yaml" \
+            --data "$RUNS/corpus/train.txt" --teacher "$RUNS/mdlm" --max-steps "$ADAPT_STEPS" --output "$RUNS/adapted$plan" "${resume[@]}"
+    done
+fi
+
+# 7. Consistency post-training of the adapted paper-mapping model (recipes/tiny-pydocs-consistency.yaml).
+CONSISTENCY_STEPS="${CONSISTENCY_STEPS:-200}"
+if wants consistency; then
+    resume=()
+    [[ -d "$RUNS/cofre/checkpoints" ]] && resume=(--resume)
+    OMP_NUM_THREADS="$THREADS" "${MGM2FP[@]}" finetune "$RUNS/adapted" --recipe "$REPO/recipes/tiny-pydocs-consistency.yaml" \
+        --data "$RUNS/corpus/train.txt" --max-steps "$CONSISTENCY_STEPS" --output "$RUNS/cofre" "${resume[@]}"
+fi
+
+# 8. The bundled models: the source MDLM, CoFRe and the evaluator in half precision, with their
+# tokenizers, plus a held-out text sample (at most 32 MB in all).
+if wants examples; then
+    "${PYTHON[@]}" "$REPO/scripts/bundle_tiny_pydocs.py" --runs "$RUNS" --output "$REPO/examples/tiny-pydocs"
+fi
+
+# 9. The budget sweep: benchmarks/results/tiny-pydocs-sweep.{json,md,png}.
+if wants sweep; then
+    "${PYTHON[@]}" "$REPO/benchmarks/sweep_tiny_pydocs.py" --runs "$RUNS" --threads "$THREADS"
+fi

@@ -56,6 +56,23 @@ def _transformers_version() -> str:
         return "unknown"
 
 
+def write_mdlm_files(model: MDLMDiT, folder: Path, *, dtype: str | torch.dtype | None = None, extra_config: dict[str, Any] | None = None) -> tuple[int, torch.dtype]:
+    """Write ``model.safetensors`` and ``config.json`` of the release layout into the existing ``folder``.
+
+    Returns the number of tensors written and their floating-point dtype.
+    """
+    target_dtype = parse_dtype(dtype) or next(model.parameters()).dtype
+    state_dict = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        state_dict[PREFIX + name] = tensor.to(target_dtype) if tensor.is_floating_point() else tensor
+    save_state_dict(state_dict, Path(folder) / "model.safetensors")
+    config = mdlm_release_config(model, dtype=target_dtype)
+    config.update(extra_config or {})
+    write_json(Path(folder) / "config.json", config)
+    return len(state_dict), target_dtype
+
+
 def save_tokenizer(tokenizer: Any, folder: str | Path) -> None:
     """Save ``tokenizer`` with ``save_pretrained`` in a form that transformers 4.40+ and 5.x both read.
 
@@ -90,16 +107,9 @@ def save_mdlm_checkpoint(model: MDLMDiT, folder: str | Path, *, tokenizer: Any =
         ConfigError: for an unknown ``dtype`` name.
         OutputExistsError: when ``folder`` exists and ``overwrite`` is false.
     """
-    target_dtype = parse_dtype(dtype) or next(model.parameters()).dtype
-    state_dict = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu()
-        state_dict[PREFIX + name] = tensor.to(target_dtype) if tensor.is_floating_point() else tensor
-
     with atomic_directory(folder, overwrite=overwrite) as temporary:
-        save_state_dict(state_dict, temporary / "model.safetensors")
-        write_json(temporary / "config.json", mdlm_release_config(model, dtype=target_dtype))
+        count, target_dtype = write_mdlm_files(model, temporary, dtype=dtype)
         if tokenizer is not None:
             save_tokenizer(tokenizer, temporary)
-    logger.info("saved MDLM checkpoint (%d tensors, %s) to %s", len(state_dict), dtype_name(target_dtype), folder)
+    logger.info("saved MDLM checkpoint (%d tensors, %s) to %s", count, dtype_name(target_dtype), folder)
     return Path(folder)

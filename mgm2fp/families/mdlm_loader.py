@@ -126,17 +126,11 @@ def build(config: dict[str, Any]) -> MDLMDiT:
 
 def save(model: MDLMDiT, folder: Path, extra_config: dict[str, Any] | None = None) -> None:
     """Write ``model`` into the existing ``folder`` in the released layout (``backbone.`` keys), so :func:`load` reads it back."""
-    from mgm2fp.dtypes import dtype_name
-    from mgm2fp.saving import copy_tokenizer_files, save_state_dict, write_json
+    from mgm2fp.families.mdlm_export import write_mdlm_files
+    from mgm2fp.saving import copy_tokenizer_files
 
-    config = {key: value for key, value in model.source_config().items() if key != "auto_map"}
-    config["model_type"] = "mdlm"
-    config["torch_dtype"] = dtype_name(next(model.parameters()).dtype)
-    config.update(extra_config or {})
-    state_dict = {f"{PREFIX}{name}": tensor for name, tensor in model.state_dict().items()}
-    save_state_dict(state_dict, folder / "model.safetensors")
-    copy_tokenizer_files(getattr(model, "source_folder", None), folder)
-    write_json(folder / "config.json", config)
+    write_mdlm_files(model, Path(folder), extra_config=extra_config)
+    copy_tokenizer_files(getattr(model, "source_folder", None), Path(folder))
 
 
 MDLM_FAMILY = register_family(
