@@ -83,6 +83,10 @@ def parse_layers(text: str | int | None, *, name: str, num_blocks: int) -> tuple
         return ()
     if isinstance(text, int):
         text = str(text)
+    if isinstance(text, (tuple, list)) and len(text) == 2 and all(isinstance(value, int) for value in text):
+        text = f"{text[0]}-{text[1]}"  # an inclusive (start, end) pair
+    if not isinstance(text, str):
+        raise LayerPlanError(f"invalid {name} {text!r}; write a block index or an inclusive range such as '4-9' (0-indexed)")
     text = text.strip()
     if text in ("", "none"):
         return ()

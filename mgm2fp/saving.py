@@ -30,6 +30,42 @@ TOKENIZER_FILES = (
 )
 
 
+# Files whose presence marks a folder as written by mgm2fp (a model, a training run or an analysis),
+# the only kind of non-empty folder that overwriting may replace.
+OUTPUT_MARKERS = ("config.json", "model.safetensors", "checkpoints", "metrics.jsonl", "cka.json", "plan.json")
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Raise unless ``path`` is safe to delete for ``--overwrite``.
+
+    A folder is replaceable when it is empty or contains an mgm2fp output (a model, a training
+    run or an analysis). The current folder, its parents and the home folder never are.
+
+    Raises:
+        OutputExistsError: for any other existing path.
+    """
+    target = Path(path).expanduser().absolute()
+    if not target.exists():
+        return
+    resolved, cwd = target.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise OutputExistsError(f"refusing to overwrite '{target}': it is the current folder, one of its parents or the home folder; choose a new output folder")
+    if not target.is_dir():
+        raise OutputExistsError(f"output '{target}' exists and is a file; choose a folder path")
+    if any(target.iterdir()) and not any((target / marker).exists() for marker in OUTPUT_MARKERS):
+        raise OutputExistsError(f"refusing to overwrite '{target}': it contains files that mgm2fp did not write; choose an empty or new folder")
+
+
+def _make_readable(folder: Path) -> None:
+    """Give the files of ``folder`` the permissions of newly created files (mkdtemp and safetensors use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` only when the block finishes without error.
@@ -40,8 +76,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     target = Path(path).expanduser().absolute()
     if target.exists() and not overwrite:
         raise OutputExistsError(f"output '{target}' already exists; choose another path or pass --overwrite")
-    if target.exists() and not target.is_dir():
-        raise OutputExistsError(f"output '{target}' exists and is a file; choose a folder path")
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -49,6 +84,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    _make_readable(temporary)
     backup = None
     if target.exists():
         backup = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -159,3 +159,31 @@ def test_failure_during_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         mgm2fp.save_pretrained(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_keeps_unrelated_folder(tmp_path, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "important.txt").write_text("user data")
+    code, _, err = run_cli(["convert", MDLM_TINY, "--share-layers", "1-3", "--output", folder, "--overwrite"], capsys)
+    assert code == 1
+    assert "did not write" in err
+    assert (folder / "important.txt").read_text() == "user data"
+
+
+def test_overwrite_rejects_current_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    code, _, err = run_cli(["convert", MDLM_TINY, "--share-layers", "1-3", "--output", ".", "--overwrite"], capsys)
+    assert code == 1
+    assert "current folder" in err
+    assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_overwrite_replaces_earlier_model(tmp_path, capsys):
+    output = tmp_path / "fp"
+    assert run_cli(["convert", MDLM_TINY, "--share-layers", "1-3", "--output", output], capsys)[0] == 0
+    code, _, err = run_cli(["convert", MDLM_TINY, "--share-layers", "2-3", "--output", output, "--overwrite"], capsys)
+    assert code == 0, err
+    assert mgm2fp.load(output).plan.fixed_point == (2, 3)
+    assert (output / "model.safetensors").stat().st_mode & 0o044 == 0o044

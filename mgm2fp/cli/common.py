@@ -66,3 +66,24 @@ def tensor_loading_progress(description: str = "reading weights") -> Iterator[No
 
         with report_progress(update):
             yield
+
+
+def check_device(device: str) -> str:
+    """Return ``device`` after checking that torch knows it and that it is available here.
+
+    Raises:
+        ConfigError: for an unknown device or an accelerator this machine lacks.
+    """
+    import torch
+
+    from mgm2fp.errors import ConfigError
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"unknown device '{device}'; use cpu, cuda, cuda:N or mps") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but this torch build has no usable CUDA device; use --device cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{device}' requested but MPS is not available here; use --device cpu")
+    return device

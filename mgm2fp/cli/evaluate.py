@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mgm2fp.cli.common import app, console, make_progress
+from mgm2fp.cli.common import app, check_device, console, make_progress
 
 
 @app.command("eval")
@@ -35,8 +35,12 @@ def evaluate(
     from mgm2fp.evaluation.budgets import evaluate_budgets, parse_budgets
     from mgm2fp.evaluation.text import DEFAULT_EVALUATOR, Evaluator
     from mgm2fp.errors import ConfigError
+    from mgm2fp.saving import atomic_file
 
     budget_list = parse_budgets(budgets)
+    check_device(device)
+    if output.is_dir():
+        raise ConfigError(f"output '{output}' is a folder; give a JSON file path such as {output / 'results.json'}")
     if evaluator is None:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise ConfigError(f"no --evaluator given and HF_HUB_OFFLINE is set; pass --evaluator with a local causal LM folder (the default {DEFAULT_EVALUATOR} needs the Hub or its cache)")
@@ -71,9 +75,8 @@ def evaluate(
         "results": [result.to_dict() for result in results],
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    temporary.replace(output)
+    with atomic_file(output, overwrite=True) as handle:
+        handle.write(json.dumps(report, indent=2) + "\n")
 
     table = Table(title=f"{model_source} scored by {evaluator}")
     for column in ("budget", "gen PPL", "entropy", "block passes", "steps", "tokens/s"):

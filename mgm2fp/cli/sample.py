@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from mgm2fp.cli.common import app, console, make_progress, tensor_loading_progress
+from mgm2fp.cli.common import app, console, make_progress, tensor_loading_progress, check_device
 
 
 @app.command()
@@ -47,7 +47,7 @@ def sample(
     if output.exists() and not overwrite:
         with atomic_file(output, overwrite=False):
             pass
-    options = {"device": device, **({"dtype": dtype} if dtype else {})}
+    options = {"device": check_device(device), **({"dtype": dtype} if dtype else {})}
     with tensor_loading_progress("reading weights"):
         loaded = mgm2fp.load(model, revision=revision, **options)
 

@@ -178,6 +178,11 @@ class MDLMDiT(MaskedGenerativeModel):
             from mgm2fp.errors import CheckpointError
 
             raise CheckpointError(f"MDLM config lacks {', '.join(missing)}; add them to config.json (see kuleshov-group/mdlm-owt)")
+        wrong_types = [name for name in REQUIRED_FIELDS if isinstance(config[name], bool) or not isinstance(config[name], int)]
+        if wrong_types:
+            from mgm2fp.errors import CheckpointError
+
+            raise CheckpointError(f"MDLM config field {wrong_types[0]} is {config[wrong_types[0]]!r}, not an integer; fix config.json")
         dim, n_heads, cond_dim = config["hidden_dim"], config["n_heads"], config["cond_dim"]
         if dim % n_heads:
             from mgm2fp.errors import CheckpointError

@@ -114,7 +114,8 @@ def load(
     state_dict = reader.read_many(keys, dtype)
     # Blocks that were not read stay on the meta device, so only a full load is checked strictly.
     model.load_state_dict(state_dict, strict=keep_blocks is None, assign=True)
-    model.config["_name_or_path"] = resolved.source_id
+    # Local sources are recorded by absolute path, so a converted model finds its teacher from any folder.
+    model.config["_name_or_path"] = resolved.source_id if resolved.is_hub else str(Path(resolved.source_id).expanduser().resolve())
     model.source_revision = resolved.revision
     model.source_folder = resolved.folder
     return model.to(device).eval() if keep_blocks is None else model.eval()

@@ -15,7 +15,7 @@ import torch
 
 from mgm2fp.cards import build_model_card
 from mgm2fp.dtypes import dtype_name, parse_dtype
-from mgm2fp.errors import CheckpointError, SourceNotFoundError
+from mgm2fp.errors import CheckpointError, ConfigError, SourceNotFoundError
 from mgm2fp.families.registry import Family, get_family, register_family
 from mgm2fp.fixed_point.model import FixedPointMGM
 from mgm2fp.hub import ResolvedSource
@@ -33,7 +33,10 @@ def save_pretrained(model: FixedPointMGM, output_dir: str | Path, *, overwrite: 
 
     Raises:
         OutputExistsError: when the folder exists and ``overwrite`` is false.
+        ConfigError: when ``model`` is not a fixed-point model.
     """
+    if not isinstance(model, FixedPointMGM):
+        raise ConfigError(f"save_pretrained writes fixed-point models, not a {type(model).__name__}; convert it first with mgm2fp.convert, or save a source model with its family's save function")
     config = model.to_config()
     config["torch_dtype"] = dtype_name(next(model.parameters()).dtype)
     config.update(extra_config or {})

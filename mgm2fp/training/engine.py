@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from mgm2fp.data import BatchStream, DataSettings, SequenceArray, SequenceStream, iterate_once, open_sequences, resolve_tokenizer
-from mgm2fp.errors import ConfigError, OutputExistsError
+from mgm2fp.errors import ConfigError, OutputExistsError, SourceNotFoundError
 from mgm2fp.families.base import MaskedGenerativeModel
 from mgm2fp.fixed_point.model import FixedPointMGM
+from mgm2fp.saving import check_replaceable
 from mgm2fp.training.objectives import LogLinearSchedule, linear_warmup, sample_jfb_iterations, unigram_entropy
 from mgm2fp.training.recipe import Recipe, load_recipe
 from mgm2fp.training.step import TrainingObjective, combine_terms, make_inputs, teacher_logits_for
@@ -146,11 +147,17 @@ class Trainer:
         from mgm2fp.loading import load
 
         source = teacher if teacher is not None else self.recipe.teacher
-        if source is None:
+        recorded = source is None
+        if recorded:
             source = (getattr(self.model, "metadata", {}).get("source") or {}).get("id")
         if source is None:
             raise ConfigError("distill_weight > 0 needs a teacher and the model records no source id; pass --teacher SOURCE")
-        loaded = source if isinstance(source, MaskedGenerativeModel) else load(source)
+        try:
+            loaded = source if isinstance(source, MaskedGenerativeModel) else load(source)
+        except SourceNotFoundError as error:
+            if not recorded:
+                raise
+            raise SourceNotFoundError(f"the teacher recorded as the model's source, '{source}', was not found; pass --teacher with the source model's path or hub id") from error
         if loaded.vocab_size != self.model.vocab_size or loaded.mask_token_id != self.model.mask_token_id:
             raise ConfigError(
                 f"teacher '{source}' has vocabulary {loaded.vocab_size} with mask id {loaded.mask_token_id} but the model has "
@@ -580,6 +587,7 @@ def prepare_output(output_dir: Path, *, resume: bool | str | Path, overwrite: bo
     if used and not overwrite:
         raise OutputExistsError(f"output '{output_dir}' already contains files; pass --resume to continue its run, --overwrite to start over, or choose another folder")
     if used and overwrite:
+        check_replaceable(output_dir)
         shutil.rmtree(output_dir)
     return None
 

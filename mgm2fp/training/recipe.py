@@ -227,7 +227,8 @@ def load_recipe(recipe: str | Path | dict[str, Any] | Recipe | None = None, **ov
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
-            raise ConfigError(f"recipe '{path}' is not valid YAML: {error}") from error
+            detail = " ".join(str(error).split())
+            raise ConfigError(f"recipe '{path}' is not valid YAML ({detail}); fix the file") from error
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
