@@ -41,7 +41,7 @@ def main() -> None:
         results = evaluate_budgets(model, evaluator, budgets=budgets, num_samples=args.num_samples, seq_len=args.seq_len, reuse="none", seed=args.seed)
         metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         validation = [entry["val_perplexity"] for entry in metrics if entry.get("split") == "validation"]
-        rows.append({"label": label, "plan": model.plan.describe(), "num_parameters": model.num_parameters(), "steps": model.metadata.get("finetune", {}).get("steps"), "validation_perplexity": validation[-1] if validation else None, "results": [result.to_dict() for result in results]})
+        rows.append({"label": label, "plan": model.plan.describe().replace(" | ", ", "), "num_parameters": model.num_parameters(), "steps": model.metadata.get("finetune", {}).get("steps"), "validation_perplexity": validation[-1] if validation else None, "results": [result.to_dict() for result in results]})
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "layer-plans.json").write_text(json.dumps(rows, indent=2))
