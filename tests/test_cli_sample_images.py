@@ -88,6 +88,7 @@ def test_sample_labels_are_deterministic(tmp_path, capsys):
         (["--seq-len", "32"], "seq_len=32 does not fit the model's 4x4 token grid"),
         (["--decode"], "--decode needs the VQ tokenizer weights; pass --vq"),
         (["--vq", "vq.safetensors"], "--vq only applies with --decode"),
+        (["--decode", "--vq", "vq.safetensors", "--output", "grid.png"], "would be overwritten by the PNG grid"),
         (["--labels", "1,x"], "--labels '1,x' is invalid"),
         (["--labels", "12"], "class id 12 is out of range"),
         (["--cfg-weight", "2"], "needs class labels"),

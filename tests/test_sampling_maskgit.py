@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy
 import pytest
 import torch
 
@@ -175,9 +176,9 @@ def test_reveals_are_monotonic(source, order):
     counts = reveal_counts(CELLS, 6, "arccos")
     states = [grid.reshape(grid.shape[0], -1)[:3] for grid in grids] + [result.tokens]  # the conditional rows
     for step, (before, after) in enumerate(zip(states, states[1:])):
-        kept = before != MASK
-        assert torch.equal(after[kept], before[kept])
-        assert ((after != MASK).sum(dim=1) - kept.sum(dim=1)).tolist() == [counts[step]] * 3
+        visible = before != MASK
+        assert torch.equal(after[visible], before[visible])
+        assert ((after != MASK).sum(dim=1) - visible.sum(dim=1)).tolist() == [counts[step]] * 3
 
 
 @pytest.mark.parametrize("schedule", ["arccos", "cosine"])
@@ -292,9 +293,17 @@ def test_result_records_labels(source):
     assert "label" not in unconditional.to_records()[0]
 
 
+def test_single_label_for_all(source):
+    for label in (7, torch.tensor(7), numpy.int64(7)):
+        assert mgm2fp.sample(source, 3, steps=2, labels=label).labels.tolist() == [7, 7, 7]
+
+
 def test_batches_split_labels(source):
-    results = list(sample_in_batches(source, 5, batch_size=2, steps=2, labels=[0, 1, 2, 3, 4]))
-    assert [result.labels.tolist() for result in results] == [[0, 1], [2, 3], [4]]
+    for labels in ([0, 1, 2, 3, 4], torch.arange(5), numpy.arange(5)):
+        results = list(sample_in_batches(source, 5, batch_size=2, steps=2, labels=labels))
+        assert [result.labels.tolist() for result in results] == [[0, 1], [2, 3], [4]]
+    results = list(sample_in_batches(source, 3, batch_size=2, steps=2, labels=6))
+    assert [result.labels.tolist() for result in results] == [[6, 6], [6]]
     with pytest.raises(ConfigError, match="3 labels were given for 5 samples"):
         list(sample_in_batches(source, 5, batch_size=2, steps=2, labels=[0, 1, 2]))
 

@@ -53,9 +53,10 @@ def sample(
     from mgm2fp.saving import atomic_file
     from mgm2fp.sampling import plan_budget, sample_in_batches
 
-    # Fail before loading any weights when an output exists.
+    # Fail before loading any weights when an output exists or an option is invalid.
     image_path = output.with_suffix(".png")
     check_outputs(output, image_path if decode else None, vq=vq, decode=decode, overwrite=overwrite)
+    class_labels = parse_labels(labels, num_samples)
     options = {"device": device, **({"dtype": dtype} if dtype else {})}
     with tensor_loading_progress("reading weights"):
         loaded = mgm2fp.load(model, revision=revision, **options)
@@ -70,7 +71,7 @@ def sample(
         for name, value in {
             "cache": cache,
             "top_p": top_p,
-            "labels": parse_labels(labels, num_samples),
+            "labels": class_labels,
             "cfg_weight": cfg_weight,
             "cfg_ramp": cfg_ramp,
             "order": order,
@@ -145,6 +146,8 @@ def check_outputs(output: Path, image_path: Optional[Path], *, vq: Optional[str]
         raise ConfigError("--decode needs the VQ tokenizer weights; pass --vq with a hub id (ORG/NAME/file), folder or file")
     if vq is not None and not decode:
         raise ConfigError("--vq only applies with --decode; add --decode to write the PNG grid")
+    if image_path is not None and image_path == output:
+        raise ConfigError(f"--output {output} would be overwritten by the PNG grid; give the JSON Lines file another suffix, such as .jsonl")
     for path in (output, image_path):
         if path is not None and path.exists() and not overwrite:
             with atomic_file(path, overwrite=False):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import numbers
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -112,7 +113,7 @@ def sample_in_batches(model: MaskedGenerativeModel, num_samples: int, *, batch_s
         raise ConfigError(f"batch_size={batch_size!r} is invalid; use a positive integer")
     text_tokenizer = _resolve_tokenizer(model, tokenizer) if decode else None
     labels = sample_options.pop("labels", None)
-    per_sample = torch.is_tensor(labels) or (isinstance(labels, Sequence) and not isinstance(labels, str))
+    per_sample = labels is not None and not isinstance(labels, (str, numbers.Integral)) and getattr(labels, "ndim", 1) > 0
     if per_sample and len(labels) != num_samples:
         raise ConfigError(f"{len(labels)} labels were given for {num_samples} samples; pass one label per sample, one int for all, or 'random'")
     for index, start in enumerate(range(0, int(num_samples), int(batch_size))):

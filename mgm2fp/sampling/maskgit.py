@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class MaskGITDefaults:
 
 
 # NOTE: the Halton-MaskGIT release reveals cells with a power schedule (exponent 2.5 in its
-# sampler's defaults), which is not implemented here; arccos is our default for both families.
+# sampler's defaults), which is not implemented here. Arccos is our default for both families.
 FAMILY_DEFAULTS = {
     "halton-maskgit": MaskGITDefaults(order="halton", cfg_ramp="constant"),
     "maskgit-v1": MaskGITDefaults(order="confidence", cfg_ramp="linear"),
@@ -126,20 +127,20 @@ def reveal_counts(num_cells: int, num_steps: int, schedule: str = "arccos") -> t
     """Return how many cells each of ``num_steps`` steps reveals; they sum to ``num_cells``.
 
     After step ``i``, about ``num_cells * masked_fraction((i + 1) / num_steps)`` cells stay
-    masked, rounded and then moved as little as needed so that every step reveals at least one
-    cell when there are no more steps than cells, and at most one cell when there are more. In
-    the second case ``num_steps - num_cells`` steps reveal nothing.
+    masked. The rounded counts move as little as needed to keep two rules. With no more steps
+    than cells, every step reveals at least one cell. With more steps than cells, a step reveals
+    at most one, so ``num_steps - num_cells`` steps reveal nothing.
     """
     if num_cells < 1 or num_steps < 1:
         raise ConfigError(f"cannot reveal {num_cells} cells in {num_steps} steps; both must be positive")
-    least = 1 if num_steps <= num_cells else 0
-    most = 1 if num_steps >= num_cells else num_cells
+    min_count = 1 if num_steps <= num_cells else 0
+    max_count = 1 if num_steps >= num_cells else num_cells
     counts, previous = [], num_cells
     for step in range(num_steps):
         later_steps = num_steps - 1 - step
         target = round(num_cells * masked_fraction((step + 1) / num_steps, schedule))
-        # Keep the count in [least, most] and leave the later steps a feasible remainder.
-        remaining = min(max(target, previous - most, later_steps * least), previous - least, later_steps * most)
+        # Keep the count in [min_count, max_count] and leave the later steps a feasible remainder.
+        remaining = min(max(target, previous - max_count, later_steps * min_count), previous - min_count, later_steps * max_count)
         counts.append(previous - remaining)
         previous = remaining
     return tuple(counts)
@@ -157,7 +158,7 @@ def guidance_weights(cfg_weight: float, num_steps: int, ramp: str) -> tuple[floa
 
 
 def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, weight: float) -> torch.Tensor:
-    """Classifier-free guidance ``(1 + w) * conditional - w * unconditional``, in float32 or wider."""
+    """Mix the logits for classifier-free guidance: ``(1 + w) * conditional - w * unconditional``, in float32 or wider."""
     dtype = torch.promote_types(conditional.dtype, torch.float32)
     return (1.0 + weight) * conditional.to(dtype) - weight * unconditional.to(dtype)
 
@@ -179,9 +180,9 @@ def resolve_labels(labels: Any, num_samples: int, num_classes: int, *, generator
         return torch.randint(0, num_classes, (num_samples,), generator=generator, device=generator.device).to(device)
     if isinstance(labels, bool):
         raise ConfigError(f"labels={labels!r} is invalid; pass class ids")
-    if isinstance(labels, int):
-        ids = torch.full((num_samples,), labels, dtype=torch.long)
-    elif torch.is_tensor(labels) or isinstance(labels, Sequence):
+    if isinstance(labels, numbers.Integral) or (torch.is_tensor(labels) and labels.ndim == 0 and not labels.is_floating_point()):
+        ids = torch.full((num_samples,), int(labels), dtype=torch.long)
+    elif torch.is_tensor(labels) or isinstance(labels, Sequence) or hasattr(labels, "__array__"):
         ids = torch.as_tensor(labels).reshape(-1)
         if ids.is_floating_point() or ids.dtype == torch.bool:
             raise ConfigError(f"labels must be integer class ids, not {ids.dtype}")
