@@ -42,6 +42,8 @@ from digits_train import DigitClassifier  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS = (8, 16, 24, 32, 48)
+EXAMPLE_BUDGET = 24  # the budget of the example samples in the figure
+SPREAD_BUDGET = 16  # the budget at which the source is also sampled with other seeds, to size the noise of FD
 CFG_WEIGHT = 2.0
 # name, model folder or file under the runs folder, sampling options.
 METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -83,7 +85,7 @@ def accuracy(classifier: DigitClassifier, codes: torch.Tensor, labels: torch.Ten
         return float((classifier(codes.float() / 15).argmax(1) == labels).float().mean())
 
 
-def evaluate_method(name: str, model: Any, options: dict[str, Any], *, budgets: tuple[int, ...], labels: torch.Tensor, reference: torch.Tensor, classifier: DigitClassifier, features: nn.Module, seed: int) -> list[dict[str, Any]]:
+def evaluate_method(name: str, model: Any, options: dict[str, Any], *, budgets: tuple[int, ...], labels: torch.Tensor, reference: torch.Tensor, classifier: DigitClassifier, features: nn.Module, seed: int, example_budget: int) -> list[dict[str, Any]]:
     rows = []
     options = dict(options)
     most_steps = options.pop("most_steps", False)
@@ -107,9 +109,15 @@ def evaluate_method(name: str, model: Any, options: dict[str, Any], *, budgets: 
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if cfg_weight > 0 and budget == budgets[0]:
+            if cfg_weight > 0 and budget == example_budget:
                 row["example_tokens"] = result.tokens[:NUM_CLASSES].tolist()  # one sample per class, for the figure
     return rows
+
+
+def seed_spread(model: Any, *, budget: int, labels: torch.Tensor, reference: torch.Tensor, features: nn.Module, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """FD of unguided samples of ``model`` at ``budget`` for several seeds: how much FD moves by chance alone."""
+    distances = [frechet_inception_distance(as_rgb(reference), as_rgb(mgm2fp.sample(model, len(labels), budget=budget, labels=labels, seed=seed).tokens), feature=features) for seed in seeds]
+    return {"budget": budget, "seeds": list(seeds), "frechet_distances": distances}
 
 
 def write_markdown(path: Path, payload: dict[str, Any]) -> None:
@@ -126,6 +134,21 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"and the classifier's test accuracy is {payload['reference']['classifier_test_accuracy']:.3f}.",
         "",
     ]
+    source, adapted = payload["training"]["source"], payload["training"]["fp-adapted"]
+    lines += [
+        f"Models ({payload['machine']}): the source trained {source['steps']} steps of batch {source['batch_size']} in {source['seconds'] / 60:.1f} minutes; "
+        f"the fixed-point model ({adapted['fixed_point_parameters']:,} parameters against {adapted['source_parameters']:,}) adapted {adapted['steps']} steps in {adapted['seconds'] / 60:.1f} minutes. "
+        f"Held-out masked cross-entropy: source {adapted['source_validation_loss']:.3f}, converted {adapted['converted_validation_loss']:.3f}, adapted {adapted['adapted_validation_loss']:.3f}.",
+        "",
+    ]
+    spread = payload.get("spread")
+    if spread:
+        distances = spread["frechet_distances"]
+        lines += [
+            f"Noise: the unguided source at budget {spread['budget']} scores FD {min(distances):.2f} to {max(distances):.2f} over seeds "
+            f"{', '.join(map(str, spread['seeds']))}, so differences of that size are chance.",
+            "",
+        ]
     for cfg_weight, title in ((0.0, "Unguided (class-conditional, w = 0)"), (CFG_WEIGHT, f"Guided (w = {CFG_WEIGHT})")):
         lines += [f"## {title}", "", "| method | " + " | ".join(f"budget {budget}: FD / accuracy / steps" for budget in budgets) + " |", "|---|" + "---|" * len(budgets)]
         for method in dict.fromkeys(row["method"] for row in rows):
@@ -166,11 +189,11 @@ def plot(path: Path, payload: dict[str, Any]) -> None:
     tiles = []
     for row in examples:
         images = codes_to_images(torch.tensor(row["example_tokens"]))[:, 0]  # [10, 8, 8]
-        tiles.append(torch.cat([torch.nn.functional.pad(image, (1, 1, 1, 1), value=1.0) for image in images], dim=1))
-    axis.imshow(torch.cat(tiles, dim=0).numpy(), cmap="gray_r", interpolation="nearest")
+        tiles.append(torch.cat([torch.nn.functional.pad(image, (1, 1, 1, 1), value=0.0) for image in images], dim=1))
+    axis.imshow(torch.cat(tiles, dim=0).numpy(), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     axis.set_yticks([10 * index + 5 for index in range(len(examples))], [row["method"] for row in examples], fontsize=8)
     axis.set_xticks([10 * index + 5 for index in range(NUM_CLASSES)], [str(index) for index in range(NUM_CLASSES)])
-    axis.set_title(f"guided samples at budget {payload['budgets'][0]}, one per class")
+    axis.set_title(f"guided samples at budget {payload['example_budget']}, one per class")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
@@ -181,9 +204,16 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--num-samples", type=int, default=500, help="Samples per configuration, spread evenly over the classes.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="Rewrite the .md and .png from the existing .json without sampling.")
+    parser.add_argument("--example-budget", type=int, default=EXAMPLE_BUDGET, help="Budget of the example samples in the figure (one of --budgets).")
     parser.add_argument("--output", type=Path, default=RESULTS / "digits", help="Path stem of the .json, .md and .png results.")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.report_only:
+        payload = json.loads(args.output.with_suffix(".json").read_text())
+        write_markdown(args.output.with_suffix(".md"), payload)
+        plot(args.output.with_suffix(".png"), payload)
+        return
 
     split = load_split()
     classifier = load_classifier(args.runs)
@@ -197,21 +227,27 @@ def main() -> None:
     }
     print(json.dumps(reference), flush=True)
 
+    example_budget = args.example_budget if args.example_budget in args.budgets else args.budgets[0]
     rows = []
     for name, location, options in METHODS:
         model = mgm2fp.load(args.runs / location)
-        rows += evaluate_method(name, model, options, budgets=tuple(args.budgets), labels=labels, reference=split.train_codes, classifier=classifier, features=features, seed=args.seed)
+        rows += evaluate_method(name, model, options, budgets=tuple(args.budgets), labels=labels, reference=split.train_codes, classifier=classifier, features=features, seed=args.seed, example_budget=example_budget)
+    source = mgm2fp.load(args.runs / METHODS[0][1])
+    spread = seed_spread(source, budget=SPREAD_BUDGET, labels=labels, reference=split.train_codes, features=features, seeds=(args.seed, *range(args.seed + 1, args.seed + 5)))
+    print(json.dumps(spread), flush=True)
 
     training = {stage: json.loads((args.runs / stage / "training.json").read_text()) for stage in ("source", "fp-adapted", "classifier")}
     for summary in training.values():
         summary.pop("log", None)
     payload = {
-        "command": "python benchmarks/bench_digits.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/bench_digits.py", *sys.argv[1:]]),
         "machine": f"{platform.processor() or platform.machine()}, 1 torch thread, torch {torch.__version__}",
         "budgets": args.budgets,
         "num_samples": args.num_samples,
         "seed": args.seed,
+        "example_budget": example_budget,
         "reference": reference,
+        "spread": spread,
         "training": training,
         "rows": rows,
     }

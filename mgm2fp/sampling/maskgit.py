@@ -206,7 +206,10 @@ def _resolve_cells(model: MaskedGenerativeModel, seq_len: int | None) -> tuple[i
     cells = int(_source(model).num_image_tokens)
     grid = math.isqrt(cells)
     if seq_len is not None and seq_len != cells:
-        raise ConfigError(f"seq_len={seq_len} does not fit the model's {grid}x{grid} token grid; image models always sample whole grids of {cells} tokens, so leave seq_len unset")
+        raise ConfigError(
+            f"seq_len={seq_len} does not fit the model's {grid}x{grid} token grid; image models always sample whole grids of {cells} tokens, "
+            "so leave seq_len unset (it is the third positional argument of mgm2fp.sample: pass the budget as budget=)"
+        )
     return grid, cells
 
 
