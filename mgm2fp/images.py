@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,6 +15,15 @@ from mgm2fp.errors import ConfigError
 from mgm2fp.vq.decoders import VQDecoder
 
 logger = logging.getLogger(__name__)
+
+
+def image_tokenizer_kind(model: Any) -> str | None:
+    """Return the VQ tokenizer layout an image model was trained with (``llamagen``, ``taming``), or None for text models.
+
+    For a fixed-point model, this is its source model's layout.
+    """
+    source = getattr(model, "base", model)
+    return getattr(source, "image_tokenizer", None)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

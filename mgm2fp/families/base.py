@@ -116,6 +116,19 @@ class MaskedGenerativeModel(nn.Module):
         select = getattr(context, "select", None)
         return select(index) if callable(select) else None
 
+    def position_weights(self, token_weights: torch.Tensor, num_positions: int) -> torch.Tensor:
+        """Map per-token warm-start weights ``[B, L]`` to the ``num_positions`` positions of the hidden state: ``[B, P]``.
+
+        The default is for families whose hidden state has one position per token. Families that
+        add positions (class or register tokens) override it.
+
+        Raises:
+            ValueError: when the hidden state has another number of positions than there are tokens.
+        """
+        if token_weights.shape[1] != num_positions:
+            raise ValueError(f"{token_weights.shape[1]} token weights for a hidden state of {num_positions} positions; the {self.family} adapter must override position_weights")
+        return token_weights
+
     def num_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from mgm2fp.errors import CheckpointError
 from mgm2fp.families.base import MaskedGenerativeModel
-from mgm2fp.families.maskgit_common import class_ids, count_blocks, detect_by_keys, flatten_codes, load_pth_model, resolve_num_heads
+from mgm2fp.families.maskgit_common import class_ids, count_blocks, detect_by_keys, flatten_codes, load_pth_model, pad_extra_positions, resolve_num_heads
 from mgm2fp.families.registry import Family, register_family
 from mgm2fp.hub import ResolvedSource
 
@@ -71,6 +71,10 @@ class HaltonContext:
 
     condition: torch.Tensor  # [B, D] class embedding (the "no class" row for dropped labels)
     num_image_tokens: int  # grid * grid; register tokens follow them
+
+    def select(self, index: torch.Tensor) -> "HaltonContext":
+        """Return the context of the samples ``index`` ``[n]`` (the solver's per-sample early stop uses it)."""
+        return HaltonContext(condition=self.condition.index_select(0, index), num_image_tokens=self.num_image_tokens)
 
 
 class Attention(nn.Module):
@@ -215,6 +219,10 @@ class HaltonMaskGIT(MaskedGenerativeModel):
             registers = self.reg_tokens.weight[None].expand(batch, -1, -1)  # [B, R, D]
             hidden = torch.cat([hidden, registers], dim=1)  # [B, N + R, D]
         return hidden, HaltonContext(condition=self.cls_emb(ids), num_image_tokens=self.num_image_tokens)
+
+    def position_weights(self, token_weights: torch.Tensor, num_positions: int) -> torch.Tensor:
+        """Give the positions after the image tokens the warm-start weight 1: their inputs never change."""
+        return pad_extra_positions(token_weights, num_positions)
 
     def head(self, hidden: torch.Tensor, context: HaltonContext) -> torch.Tensor:
         """Drop the register tokens, apply the final norm and the tied projection: ``[B, N, codebook + 1]``."""

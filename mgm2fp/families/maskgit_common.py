@@ -42,6 +42,22 @@ def flatten_codes(codes: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return flat.long()
 
 
+def pad_extra_positions(token_weights: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """Extend warm-start weights ``[B, N]`` of the image tokens to ``[B, P]`` with 1 at the positions after them.
+
+    Both MaskGIT families append positions after the image tokens (the class token, register
+    tokens) whose inputs never change during sampling. Three-state reuse gives such a position
+    the weight of a visible, unchanged token.
+    """
+    extra = num_positions - token_weights.shape[1]
+    if extra < 0:
+        raise ValueError(f"{token_weights.shape[1]} token weights for a hidden state of only {num_positions} positions")
+    if extra == 0:
+        return token_weights
+    ones = torch.ones(token_weights.shape[0], extra, dtype=token_weights.dtype, device=token_weights.device)
+    return torch.cat([token_weights, ones], dim=1)  # [B, P]
+
+
 def class_ids(labels: torch.Tensor | int | None, drop_label: torch.Tensor | bool | None, *, batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
     """Return class ids ``[B]`` with ``num_classes`` (the "no class" id) where the label is dropped.
 

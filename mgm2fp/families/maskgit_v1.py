@@ -28,7 +28,7 @@ from torch import nn
 
 from mgm2fp.errors import CheckpointError
 from mgm2fp.families.base import MaskedGenerativeModel
-from mgm2fp.families.maskgit_common import class_ids, count_blocks, detect_by_keys, flatten_codes, load_pth_model, read_upstream_arguments, resolve_num_heads
+from mgm2fp.families.maskgit_common import class_ids, count_blocks, detect_by_keys, flatten_codes, load_pth_model, pad_extra_positions, read_upstream_arguments, resolve_num_heads
 from mgm2fp.families.registry import Family, register_family
 from mgm2fp.hub import ResolvedSource
 
@@ -52,6 +52,10 @@ class MaskGITv1Context:
     """The blocks need no conditioning; the head needs the number of image tokens."""
 
     num_image_tokens: int
+
+    def select(self, index: torch.Tensor) -> "MaskGITv1Context":
+        """Return the context of the samples ``index``: nothing in it depends on the sample."""
+        return self
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -156,6 +160,10 @@ class MaskGITv1(MaskedGenerativeModel):
         sequence = torch.cat([tokens, class_tokens[:, None]], dim=1)  # [B, N + 1]
         hidden = self.first_layer(self.tok_emb(sequence) + self.pos_emb)  # [B, N + 1, D]
         return hidden, MaskGITv1Context(num_image_tokens=self.num_image_tokens)
+
+    def position_weights(self, token_weights: torch.Tensor, num_positions: int) -> torch.Tensor:
+        """Give the positions after the image tokens the warm-start weight 1: their inputs never change."""
+        return pad_extra_positions(token_weights, num_positions)
 
     def head(self, hidden: torch.Tensor, context: MaskGITv1Context) -> torch.Tensor:
         """Output MLP, then ``h @ tok_emb.T + bias`` restricted to image positions and codebook + mask logits."""

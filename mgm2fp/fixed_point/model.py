@@ -124,6 +124,9 @@ class FixedPointMGM(MaskedGenerativeModel):
     def build_block(self) -> nn.Module:
         return self.base.build_block()
 
+    def position_weights(self, token_weights: torch.Tensor, num_positions: int) -> torch.Tensor:
+        return self.base.position_weights(token_weights, num_positions)
+
     # Forward ---------------------------------------------------------------------------------
 
     def fixed_point_step(self, hidden: torch.Tensor, h_inj: torch.Tensor, context: Any) -> torch.Tensor:
@@ -150,6 +153,7 @@ class FixedPointMGM(MaskedGenerativeModel):
         The solver starts from ``h_pre`` unless ``initial_state`` is given. With
         ``warm_start_weight`` (a per-token gamma ``[B, L]`` or a float), it starts from
         ``gamma * initial_state + (1 - gamma) * h_pre``, the warm start of three-state reuse.
+        A per-token gamma is mapped to the hidden state's positions by :meth:`position_weights`.
         ``solver`` is ``"picard"`` (the default), ``"anderson"`` or any callable with the signature
         of :func:`mgm2fp.fixed_point.solver.picard`. With ``tolerance`` the solver also receives a
         ``subset_step`` that runs the shared block on the unfinished samples only, provided that
@@ -166,7 +170,8 @@ class FixedPointMGM(MaskedGenerativeModel):
         if initial_state is not None and warm_start_weight is not None:
             gamma = warm_start_weight
             if torch.is_tensor(gamma) and gamma.ndim == 2:
-                gamma = gamma[..., None].to(h_pre.dtype)  # [B, L, 1], broadcast over the hidden size
+                gamma = self.position_weights(gamma, h_pre.shape[1])  # [B, P], P >= L with class or register positions
+                gamma = gamma[..., None].to(h_pre.dtype)  # [B, P, 1], broadcast over the hidden size
             start = gamma * initial_state + (1 - gamma) * h_pre  # [B, L, D]
 
         options = {}

@@ -35,7 +35,7 @@ class StepStats:
 class SampleResult:
     """Samples of one batch (one trajectory) and what producing them cost."""
 
-    tokens: torch.Tensor  # [B, L] LongTensor
+    tokens: torch.Tensor  # [B, L] LongTensor; image models: [B, grid * grid] codes
     block_forward_passes: int  # exactly what the trajectory spent
     budget: int | None
     steps: list[StepStats]
@@ -46,6 +46,7 @@ class SampleResult:
     schedule: str | None = None  # None for a model without a fixed point, where it has no effect
     seed: int | None = None
     plan: SchedulePlan | None = None
+    labels: torch.Tensor | None = None  # [B] class ids of class-conditional samples; None when unconditional
 
     @property
     def num_steps(self) -> int:
@@ -76,6 +77,7 @@ class SampleResult:
         """
         records = []
         rows = self.tokens.tolist()
+        labels = self.labels.tolist() if self.labels is not None else None
         for sample, tokens in enumerate(rows):
             record: dict[str, Any] = {
                 "index": start_index + sample,
@@ -91,6 +93,8 @@ class SampleResult:
                 "seed": self.seed,
                 "family": self.family,
             }
+            if labels is not None:
+                record["label"] = labels[sample]
             record.update(extra or {})
             records.append(record)
         return records
