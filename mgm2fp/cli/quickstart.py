@@ -23,7 +23,7 @@ def quickstart(
     seed: int = typer.Option(0, help="Random seed of the sampler."),
     output: Optional[Path] = typer.Option(None, help="Folder for the converted model (default: a temporary folder)."),
 ) -> None:
-    """Convert the bundled tiny MDLM, then sample it, its source and the bundled CoFRe model at one budget and compare them."""
+    """Convert the bundled tiny MDLM, then sample it, its source and the bundled CoFRe model (with and without reuse) at one budget and compare them."""
     import mgm2fp
     from mgm2fp.errors import SourceNotFoundError
     from mgm2fp.evaluation.budgets import evaluate_budgets
@@ -43,7 +43,8 @@ def quickstart(
         candidates = [
             ("MDLM source", mgm2fp.load(examples / "mdlm"), "none"),
             ("converted, not fine-tuned", mgm2fp.load(converted_folder), "none"),
-            ("CoFRe (bundled, 3SR)", mgm2fp.load(examples / "cofre"), "3sr"),
+            ("CoFRe (bundled)", mgm2fp.load(examples / "cofre"), "none"),
+            ("CoFRe (bundled), 3SR warm starts", mgm2fp.load(examples / "cofre"), "3sr"),
         ]
         console.print(f"[bold]2.[/] sampling {num_samples} x {seq_len} tokens per model within {budget} block forward passes, scored by {examples / 'evaluator'}")
         rows = []
