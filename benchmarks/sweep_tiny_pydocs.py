@@ -59,6 +59,7 @@ def plot(report: dict, path: Path) -> None:
     right.set(xscale="log", xlabel="budget (block forward passes)", ylabel="unigram entropy (nats)")
     for axis in (left, right):
         axis.set_xticks(report["budgets"], [str(budget) for budget in report["budgets"]])
+        axis.minorticks_off()
         axis.grid(alpha=0.3)
     left.legend(fontsize=8)
     figure.suptitle(f"tiny-pydocs: {report['num_samples']} samples of {report['seq_len']} tokens per point")
