@@ -83,8 +83,8 @@ if wants convert; then
 fi
 
 # 6. Adaptation with the frozen source as teacher (recipes/tiny-pydocs-adapt.yaml), for both plans.
-# ADAPT_STEPS shortens the run (the recipe's 300 steps by default).
-ADAPT_STEPS="${ADAPT_STEPS:-300}"
+# ADAPT_STEPS changes the length of the run (the recipe's 200 steps by default).
+ADAPT_STEPS="${ADAPT_STEPS:-200}"
 if wants adapt; then
     for plan in "" "-auto"; do
         resume=()
@@ -95,7 +95,7 @@ if wants adapt; then
 fi
 
 # 7. Consistency post-training of the adapted paper-mapping model (recipes/tiny-pydocs-consistency.yaml).
-CONSISTENCY_STEPS="${CONSISTENCY_STEPS:-200}"
+CONSISTENCY_STEPS="${CONSISTENCY_STEPS:-60}"
 if wants consistency; then
     resume=()
     [[ -d "$RUNS/cofre/checkpoints" ]] && resume=(--resume)
@@ -106,10 +106,10 @@ fi
 # 8. The bundled models: the source MDLM, CoFRe and the evaluator in half precision, with their
 # tokenizers, plus a held-out text sample (at most 32 MB in all).
 if wants examples; then
-    "${PYTHON[@]}" "$REPO/scripts/bundle_tiny_pydocs.py" --runs "$RUNS" --output "$REPO/examples/tiny-pydocs"
+    "${PYTHON[@]}" "$REPO/scripts/bundle_tiny_pydocs.py" --runs "$RUNS" --output "$REPO/examples/tiny-pydocs" --num-iterations 2
 fi
 
 # 9. The budget sweep: benchmarks/results/tiny-pydocs-sweep.{json,md,png}.
 if wants sweep; then
-    "${PYTHON[@]}" "$REPO/benchmarks/sweep_tiny_pydocs.py" --runs "$RUNS" --threads "$THREADS"
+    "${PYTHON[@]}" "$REPO/benchmarks/sweep_tiny_pydocs.py" --runs "$RUNS" --threads "$THREADS" --num-samples 16 --num-iterations 2
 fi
