@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # Files of a saved model folder that are uploaded. Everything else (checkpoints, logs,
 # temporary files, samples) stays local.
-MODEL_FILES = ("config.json", CARD_NAME, RECIPE_NAME, EVAL_RESULTS_NAME, "model.safetensors.index.json", *TOKENIZER_FILES)
+MODEL_FILES = ("config.json", CARD_NAME, RECIPE_NAME, EVAL_RESULTS_NAME, "model.safetensors.index.json", "adapter_model.safetensors", *TOKENIZER_FILES)
 WEIGHT_FILE = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
 LOGIN_HINT = "run `hf auth login` or set HF_TOKEN to a token with write access"
 

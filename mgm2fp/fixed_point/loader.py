@@ -92,6 +92,13 @@ def load(resolved: ResolvedSource, *, dtype: str | torch.dtype | None = None, de
         model.num_iterations = int(num_iterations)
     model.source_folder = resolved.folder
     model.config_path = resolved.folder / "config.json"
+    if (resolved.folder / "adapter_model.safetensors").is_file():
+        # TODO: attach per-iteration LoRA adapters here instead of leaving it to the caller.
+        logger.warning(
+            "'%s' has unmerged LoRA adapters in adapter_model.safetensors, which this model runs without; "
+            "attach them with mgm2fp.training.lora.load_adapters(model, folder, config['finetune']['lora']['settings'])",
+            resolved.folder,
+        )
     return model.to(device).eval()
 
 
