@@ -19,7 +19,7 @@ def evaluate(
     evaluator: Optional[str] = typer.Option(None, help="Hugging Face causal LM that scores the samples (hub id or folder) [default: gpt2-large when the Hub is reachable]."),
     budgets: str = typer.Option("24,48,96", help="Comma-separated budgets, in block forward passes per sample trajectory."),
     num_samples: int = typer.Option(16, min=1, help="Samples per budget."),
-    seq_len: int = typer.Option(128, min=2, help="Tokens per sample."),
+    seq_len: Optional[int] = typer.Option(None, min=2, help="Tokens per sample (default: the length the model was trained on, else 128)."),
     reuse: str = typer.Option("3sr", help="Warm start of the fixed-point solver across steps: none, full or 3sr."),
     schedule: str = typer.Option("decreasing", help="How a budget is split into steps and iterations: decreasing, fixed or increasing."),
     steps: Optional[int] = typer.Option(None, min=1, help="Number of denoising steps [default: derived from the budget]."),
@@ -46,6 +46,8 @@ def evaluate(
             raise ConfigError(f"no --evaluator given and HF_HUB_OFFLINE is set; pass --evaluator with a local causal LM folder (the default {DEFAULT_EVALUATOR} needs the Hub or its cache)")
         evaluator = DEFAULT_EVALUATOR
     model = mgm2fp.load(model_source, device=device)
+    if seq_len is None:
+        seq_len = int(model.config.get("model_length") or 128)
     scorer = Evaluator.load(evaluator, device=device)
     reference_ppl = None
     if reference_text is not None:
