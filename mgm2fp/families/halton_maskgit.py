@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgm2fp.errors import CheckpointError
-from mgm2fp.families.base import MaskedGenerativeModel
-from mgm2fp.families.maskgit_common import class_ids, count_blocks, detect_by_keys, flatten_codes, load_pth_model, pad_extra_positions, resolve_num_heads
+from mgm2fp.families.maskgit_common import MaskGITModel, class_ids, count_blocks, detect_by_keys, flatten_codes, load_pth_model, pad_extra_positions, resolve_num_heads
 from mgm2fp.families.registry import Family, register_family
 from mgm2fp.hub import ResolvedSource
 
@@ -155,7 +154,7 @@ class AdaptiveFinalNorm(nn.Module):
         return modulate(self.norm_final(x), shift, scale)
 
 
-class HaltonMaskGIT(MaskedGenerativeModel):
+class HaltonMaskGIT(MaskGITModel):
     """Halton-MaskGIT: ``forward(codes, labels, drop_label)`` returns logits ``[B, grid * grid, codebook + 1]``.
 
     ``codes`` are ``[B, grid, grid]`` or ``[B, grid * grid]``, with the mask id ``codebook_size``
@@ -183,27 +182,6 @@ class HaltonMaskGIT(MaskedGenerativeModel):
         self.blocks = nn.ModuleList(self.build_block() for _ in range(int(config["depth"])))
         self.last_norm = AdaptiveFinalNorm(dim)
         self.output_bias = nn.Parameter(torch.zeros(int(config["codebook_size"]) + 1))
-
-    @property
-    def num_image_tokens(self) -> int:
-        return int(self.config["input_size"]) ** 2
-
-    @property
-    def mask_token_id(self) -> int:
-        return int(self.config["codebook_size"])
-
-    @property
-    def vocab_size(self) -> int:
-        """Logits per position: the codebook plus the mask token."""
-        return int(self.config["codebook_size"]) + 1
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.config["hidden_dim"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.config["nclass"])
 
     def build_block(self) -> HaltonBlock:
         config = self.config

@@ -30,6 +30,31 @@ UPSTREAM_ARGUMENTS_FILE = "upstream_arguments.json"
 BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
 
+class MaskGITModel(MaskedGenerativeModel):
+    """Sizes shared by the MaskGIT adapters, read from their config (grid side, codebook, hidden size, classes)."""
+
+    @property
+    def num_image_tokens(self) -> int:
+        return int(self.config["input_size"]) ** 2
+
+    @property
+    def mask_token_id(self) -> int:
+        return int(self.config["codebook_size"])
+
+    @property
+    def vocab_size(self) -> int:
+        """Logits per position: the codebook plus the mask token."""
+        return int(self.config["codebook_size"]) + 1
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config["hidden_dim"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["nclass"])
+
+
 def flatten_codes(codes: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """Return token codes ``[B, grid, grid]`` or ``[B, grid * grid]`` as ``[B, grid * grid]``.
 

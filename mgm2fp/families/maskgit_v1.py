@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mgm2fp.errors import CheckpointError
-from mgm2fp.families.base import MaskedGenerativeModel
-from mgm2fp.families.maskgit_common import class_ids, count_blocks, detect_by_keys, flatten_codes, load_pth_model, pad_extra_positions, read_upstream_arguments, resolve_num_heads
+from mgm2fp.families.maskgit_common import MaskGITModel, class_ids, count_blocks, detect_by_keys, flatten_codes, load_pth_model, pad_extra_positions, read_upstream_arguments, resolve_num_heads
 from mgm2fp.families.registry import Family, register_family
 from mgm2fp.hub import ResolvedSource
 
@@ -94,7 +93,7 @@ class MaskGITv1Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class MaskGITv1(MaskedGenerativeModel):
+class MaskGITv1(MaskGITModel):
     """MaskGIT-pytorch v1: ``forward(codes, labels, drop_label)`` returns logits ``[B, grid * grid, codebook + 1]``.
 
     Token ids: image codes ``0..codebook-1``, mask ``codebook``, class ``c`` at
@@ -126,27 +125,6 @@ class MaskGITv1(MaskedGenerativeModel):
         self.blocks = nn.ModuleList(self.build_block() for _ in range(int(config["depth"])))
         self.last_layer = nn.Sequential(nn.LayerNorm(dim, eps=EDGE_LAYER_NORM_EPS), nn.Dropout(dropout), nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=EDGE_LAYER_NORM_EPS))
         self.bias = nn.Parameter(torch.zeros(self.num_image_tokens + 1, total_tokens))
-
-    @property
-    def num_image_tokens(self) -> int:
-        return int(self.config["input_size"]) ** 2
-
-    @property
-    def mask_token_id(self) -> int:
-        return int(self.config["codebook_size"])
-
-    @property
-    def vocab_size(self) -> int:
-        """Logits per position: the codebook plus the mask token."""
-        return int(self.config["codebook_size"]) + 1
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.config["hidden_dim"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.config["nclass"])
 
     def build_block(self) -> MaskGITv1Block:
         config = self.config
