@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def variants(runs: Path, examples: Path, num_iterations: int | None) -> list[dict]:
-    """The compared models: label, folder, reuse mode and fixed-point depth."""
+    """Return the compared models: label, folder, reuse mode and fixed-point depth."""
     source = examples / "mdlm" if (examples / "mdlm").is_dir() else runs / "mdlm"
     cofre = examples / "cofre" if (examples / "cofre").is_dir() else runs / "cofre"
     return [

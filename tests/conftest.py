@@ -72,7 +72,12 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
         main()
         code = 0
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if isinstance(exit_.code, int):
+            code = exit_.code
+        elif exit_.code is None:
+            code = 0
+        else:
+            code = 1
     finally:
         sys.argv = previous
     captured = capsys.readouterr()

@@ -40,7 +40,7 @@ def setup_logging(verbose: bool) -> None:
 
 
 def make_progress(transient: bool = True) -> Progress:
-    """A rich progress bar on stderr with count, elapsed and remaining time (hidden when stderr is not a terminal)."""
+    """Return a rich progress bar on stderr with count, elapsed and remaining time (hidden when stderr is not a terminal)."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -69,7 +69,7 @@ def tensor_loading_progress(description: str = "reading weights") -> Iterator[No
 
 
 def check_device(device: str) -> str:
-    """Return ``device`` after checking that torch knows it and that it is available here.
+    """Return ``device`` after checking that torch parses it and that it is available here.
 
     Raises:
         ConfigError: for an unknown device or an accelerator this machine lacks.

@@ -1,4 +1,4 @@
-"""Input injection: how the fixed-point block sees the output of the pre blocks.
+"""Input injection: how the fixed-point block receives the output of the pre blocks.
 
 Each injection has ``prepare(h_pre)`` (run once per denoising step) and ``forward(h, prepared)``
 (run before the shared block at every iteration), so one iteration is

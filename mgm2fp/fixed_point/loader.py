@@ -1,6 +1,6 @@
 """Save and load fixed-point models in the mgm2fp folder layout, and register it as a family.
 
-A folder holds ``config.json`` (``model_type: mgm2fp``, the source family and its config, the
+A folder contains ``config.json`` (``model_type: mgm2fp``, the source family and its config, the
 source id and revision, the layer plan, the injection and the default iterations),
 ``model.safetensors``, a model card ``README.md`` and the source's tokenizer files when it had any.
 """

@@ -130,7 +130,7 @@ class FixedPointMGM(MaskedGenerativeModel):
     # Forward ---------------------------------------------------------------------------------
 
     def fixed_point_step(self, hidden: torch.Tensor, h_inj: torch.Tensor, context: Any) -> torch.Tensor:
-        """One application of ``F``: injection, then the shared layers."""
+        """Apply ``F`` once: the injection, then the shared layers."""
         hidden = self.fixed_point_block.injection(hidden, h_inj)
         for layer in self.fixed_point_block.layers:
             hidden = self.run_block(layer, hidden, context)
@@ -227,7 +227,7 @@ class FixedPointMGM(MaskedGenerativeModel):
         return self.base.source_config()
 
     def to_config(self) -> dict[str, Any]:
-        """The ``config.json`` of a saved fixed-point model."""
+        """Return the ``config.json`` of a saved fixed-point model."""
         from mgm2fp import __version__
 
         return {
