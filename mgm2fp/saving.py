@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,16 +31,33 @@ TOKENIZER_FILES = (
 )
 
 
-# Files whose presence marks a folder as written by mgm2fp (a model, a training run or an analysis),
-# the only kind of non-empty folder that overwriting may replace.
+# Files whose presence marks a folder as written by mgm2fp (a model, a training run or an analysis).
 OUTPUT_MARKERS = ("config.json", "model.safetensors", "checkpoints", "metrics.jsonl", "cka.json", "plan.json")
+# Every name mgm2fp writes into such a folder. Overwriting replaces only folders made of these
+# (and hidden temporary files), so a user's own files are never deleted.
+OUTPUT_NAMES = frozenset(
+    {
+        *OUTPUT_MARKERS,
+        "README.md",
+        "recipe.yaml",
+        "eval_results.json",
+        "adapter_model.safetensors",
+        "model.safetensors.index.json",
+        "trainer_state.json",
+        "logs",
+        "cka_heatmap.png",
+        "consecutive_cka.png",
+        *TOKENIZER_FILES,
+    }
+)
 
 
 def check_replaceable(path: str | Path) -> None:
     """Raise unless ``path`` is safe to delete for ``--overwrite``.
 
-    A folder is replaceable when it is empty or contains an mgm2fp output (a model, a training
-    run or an analysis). The current folder, its parents and the home folder never are.
+    A folder is replaceable when it is empty, or when it contains an mgm2fp output (a model, a
+    training run or an analysis) and nothing else. The current folder, its parents and the home
+    folder never are.
 
     Raises:
         OutputExistsError: for any other existing path.
@@ -52,8 +70,11 @@ def check_replaceable(path: str | Path) -> None:
         raise OutputExistsError(f"refusing to overwrite '{target}': it is the current folder, one of its parents or the home folder; choose a new output folder")
     if not target.is_dir():
         raise OutputExistsError(f"output '{target}' exists and is a file; choose a folder path")
-    if any(target.iterdir()) and not any((target / marker).exists() for marker in OUTPUT_MARKERS):
-        raise OutputExistsError(f"refusing to overwrite '{target}': it contains files that mgm2fp did not write; choose an empty or new folder")
+    names = [entry.name for entry in target.iterdir() if not entry.name.startswith(".")]
+    foreign = sorted(name for name in names if name not in OUTPUT_NAMES and not re.fullmatch(r"model-\d+-of-\d+\.safetensors", name))
+    if names and (foreign or not any(name in OUTPUT_MARKERS for name in names)):
+        example = f" (such as '{foreign[0]}')" if foreign else ""
+        raise OutputExistsError(f"refusing to overwrite '{target}': it contains files that mgm2fp did not write{example}; choose an empty or new folder")
 
 
 def _make_readable(folder: Path) -> None:

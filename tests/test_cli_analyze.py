@@ -50,7 +50,6 @@ def test_analyze_options_and_overwrite(tmp_path, ids, capsys):
     output = tmp_path / "analysis"
     output.mkdir()
     (output / "plan.json").write_text("{}")  # an earlier analysis, which --overwrite replaces
-    (output / "old.txt").write_text("old")
     args = ["analyze", MDLM_TINY, "--data", ids, "--output", output, *FAST, "--num-pre", "0", "--num-post", "2", "--init", "last", "--tokens-per-sequence", "8", "--overwrite"]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err

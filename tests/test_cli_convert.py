@@ -187,3 +187,21 @@ def test_overwrite_replaces_earlier_model(tmp_path, capsys):
     assert code == 0, err
     assert mgm2fp.load(output).plan.fixed_point == (2, 3)
     assert (output / "model.safetensors").stat().st_mode & 0o044 == 0o044
+
+
+def test_overwrite_keeps_model_folder_with_user_files(tmp_path, capsys):
+    output = tmp_path / "fp"
+    assert run_cli(["convert", MDLM_TINY, "--share-layers", "1-3", "--output", output], capsys)[0] == 0
+    (output / "train.py").write_text("print('mine')")
+    code, _, err = run_cli(["convert", MDLM_TINY, "--share-layers", "2-3", "--output", output, "--overwrite"], capsys)
+    assert code == 1
+    assert "'train.py'" in err
+    assert (output / "train.py").read_text() == "print('mine')"
+
+
+def test_output_equal_to_source_rejected(mdlm_copy, capsys):
+    before = (mdlm_copy / "model.safetensors").read_bytes()
+    code, _, err = run_cli(["convert", mdlm_copy, "--share-layers", "1-3", "--output", mdlm_copy, "--overwrite"], capsys)
+    assert code == 1
+    assert "contains the source" in err
+    assert (mdlm_copy / "model.safetensors").read_bytes() == before

@@ -50,7 +50,11 @@ def convert(
     import mgm2fp
     from mgm2fp.saving import atomic_directory
 
-    # Fail before reading any weights when the output exists.
+    # Fail before reading any weights when the output exists or is the source itself.
+    if Path(source).exists() and Path(source).resolve() in (output.resolve(), *output.resolve().parents):
+        from mgm2fp.errors import OutputExistsError
+
+        raise OutputExistsError(f"output '{output}' contains the source '{source}'; write the converted model to another folder")
     if output.exists() and not overwrite:
         with atomic_directory(output, overwrite=False):
             pass
