@@ -56,7 +56,10 @@ class Evaluator:
             SourceNotFoundError: when the evaluator is neither a folder nor in the Hugging Face cache.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
+        # The weight-loading progress bar of transformers would interleave with mgm2fp's own output.
+        transformers_logging.disable_progress_bar()
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             model = AutoModelForCausalLM.from_pretrained(name_or_path)
@@ -79,7 +82,8 @@ class Evaluator:
         prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
         windows: list[list[int]] = []
         for text in texts:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            # Long texts are scored in windows below, so the tokenizer's length warning is off.
+            ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             if prefix is not None:
                 ids = [prefix, *ids]
             for start in range(0, max(len(ids) - 1, 0), self.max_length - 1):
